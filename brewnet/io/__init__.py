@@ -1,0 +1,1 @@
+"""Reading and writing Caffe's files: prototxt, binary protobuf, models, upgrades."""
