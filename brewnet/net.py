@@ -160,7 +160,11 @@ class Net:
     ) -> _Step:
         name = layer_param.name
         if name in self.layer_dict:
-            raise NetDefinitionError(f"{self.source}: two layers are named '{name}'")
+            # Caffe accepts repeated names; lookups by name then find the last layer.
+            logger.warning(
+                "%s: more than one layer is named '%s'; lookups by name (weights "
+                "files, layer_dict) use the last one", self.source, name,
+            )
         try:
             cls = layer_class(layer_param.type)
         except UnknownLayerTypeError as error:
