@@ -399,8 +399,7 @@ class Net:
         for step in self._steps:
             if not step.need_backward:
                 continue
-            specs = list(step.layer.param.param)
-            for index, tensor in enumerate(step.layer.blobs):
+            for tensor in step.layer.blobs:
                 learnable = self._learnable_for(tensor)
                 if force or learnable.lr_mult != 0:
                     needed.add(id(tensor))
@@ -589,8 +588,10 @@ class Net:
                         if grad is not None
                         else torch.zeros(sink.shape, dtype=self.dtype, device=self.device)
                     )
-        names = list(self.bottom_names[self._steps[end_index].layer.name])
-        names = [n for n in names if n in self.blobs]
+        if end is None:
+            names = list(self.inputs)
+        else:
+            names = list(self.bottom_names[self._steps[end_index].layer.name])
         names += [name for name in (diffs or ()) if name not in names]
         return {name: self.blobs[name].diff.copy() for name in names}
 
@@ -629,9 +630,6 @@ class Net:
         which for an in-place chain is the output of the layer that created the blob.
         """
         chosen: dict[str, tuple[Blob, torch.Tensor]] = {}
-        for step in steps:
-            for blob, tensor, need in zip(step.bottoms, [None] * len(step.bottoms), step.bottom_need_backward):
-                pass
         for step in steps:
             if not step.need_backward and not any(step.bottom_need_backward):
                 continue
@@ -687,6 +685,34 @@ class Net:
         from brewnet.io.model import net_to_proto
 
         return net_to_proto(self, write_diff)
+
+    def share_with(self, other: "Net") -> None:
+        """Use the parameter tensors of ``other``'s same-named layers, as Caffe's
+        ``ShareTrainedLayersWith`` does for test nets.
+
+        Raises:
+            NetDefinitionError: a same-named layer has another number or shape of blobs.
+        """
+        for layer in self.layers:
+            source = other.layer_dict.get(layer.name)
+            if source is None or not layer.blobs:
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise NetDefinitionError(
+                    f"cannot share layer '{layer.name}': {len(source.blobs)} parameter "
+                    f"blobs in the source net, {len(layer.blobs)} in this one"
+                )
+            for index, tensor in enumerate(source.blobs):
+                if tuple(tensor.shape) != tuple(layer.blobs[index].shape):
+                    raise NetDefinitionError(
+                        f"cannot share param {index} of layer '{layer.name}': shape "
+                        f"{shape_string(tensor.shape)} in the source net, "
+                        f"{shape_string(layer.blobs[index].shape)} in this one"
+                    )
+                layer.blobs[index] = tensor
+                self.params[layer.name][index].tensor = tensor
+        for learnable in self.learnable_params:
+            learnable.tensor = self.layer_dict[learnable.layer_name].blobs[learnable.index]
 
     @property
     def net_param(self) -> caffe_pb2.NetParameter:
