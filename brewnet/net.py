@@ -500,7 +500,7 @@ class Net:
         loss = self._run_forward(start_index, end_index)
         self._last_range = (start_index, end_index)
         self._loss_tensor = loss
-        self.loss = float(loss)
+        self.loss = _scalar(loss)
         self._reset_output_diffs()
         names = list(self.outputs) if end is None else list(self.top_names[self._steps[end_index].layer.name])
         names += [name for name in (blobs or ()) if name not in names]
@@ -521,7 +521,7 @@ class Net:
         loss = self._run_forward(0, len(self._steps) - 1)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
             loss.backward()
-        value = float(loss)
+        value = _scalar(loss)
         self.loss = value
         return value
 
@@ -529,7 +529,7 @@ class Net:
         """Run forward without recording a graph (testing); return the loss."""
         with torch.no_grad():
             loss = self._run_forward(0, len(self._steps) - 1)
-        self.loss = float(loss)
+        self.loss = _scalar(loss)
         return self.loss
 
     # =================================================================== backward
@@ -769,3 +769,8 @@ def _check_shared_shape(
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _scalar(loss: torch.Tensor | float) -> float:
+    """Return the loss as a float without keeping it in the autograd graph."""
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
