@@ -33,7 +33,9 @@ R = caffe_pb2.ReductionParameter
 
 
 def make_net(text: str, dtype: torch.dtype = torch.float32) -> brewnet.Net:
-    return brewnet.Net(parse_text(text, caffe_pb2.NetParameter()), brewnet.TRAIN, dtype=dtype)
+    return brewnet.Net(
+        parse_text(text, caffe_pb2.NetParameter()), brewnet.TRAIN, dtype=dtype
+    )
 
 
 def make_layer(text: str, bottom_shapes, dtype: torch.dtype = torch.float64):
@@ -59,7 +61,9 @@ def input_layers(**shapes) -> str:
 
 def rand(*shape, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    return torch.randn(
+        *shape, generator=generator, dtype=torch.float64, requires_grad=True
+    )
 
 
 def gradcheck(function, *inputs):
@@ -132,7 +136,9 @@ def test_inner_product_by_hand():
     weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     bias = torch.tensor([0.5, 0.0, -1.0])
     assert inner_product(x, weight, bias).tolist() == [[1.5, 2.0, 2.0]]
-    assert inner_product(x, weight.t(), None, transpose=True).tolist() == [[1.0, 2.0, 3.0]]
+    assert inner_product(x, weight.t(), None, transpose=True).tolist() == [
+        [1.0, 2.0, 3.0]
+    ]
 
 
 def test_inner_product_axis_keeps_leading_axes():
@@ -220,7 +226,9 @@ def test_inner_product_bad_axis_is_an_error():
 # ================================================================== Softmax
 def test_softmax_by_hand():
     y = softmax(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64))
-    np.testing.assert_allclose(y.numpy(), [[0.09003057, 0.24472847, 0.66524096]], rtol=1e-7)
+    np.testing.assert_allclose(
+        y.numpy(), [[0.09003057, 0.24472847, 0.66524096]], rtol=1e-7
+    )
 
 
 def test_softmax_layer_negative_axis():
@@ -253,7 +261,9 @@ FLATTEN = 'name: "f" type: "Flatten" bottom: "x" top: "y" '
     ],
 )
 def test_flatten_shapes(params, expected):
-    assert make_layer(FLATTEN + params, [(2, 3, 4, 5)]).reshape([(2, 3, 4, 5)]) == [expected]
+    assert make_layer(FLATTEN + params, [(2, 3, 4, 5)]).reshape([(2, 3, 4, 5)]) == [
+        expected
+    ]
 
 
 def test_flatten_keeps_values_and_gradient():
@@ -289,7 +299,9 @@ def test_concat_by_hand():
 
 def test_concat_gradcheck():
     layer = concat_layer("concat_param { axis: -1 }", [(2, 3, 1), (2, 3, 2)])
-    gradcheck(lambda a, b: layer.forward([a, b])[0], rand(2, 3, 1), rand(2, 3, 2, seed=1))
+    gradcheck(
+        lambda a, b: layer.forward([a, b])[0], rand(2, 3, 1), rand(2, 3, 2, seed=1)
+    )
 
 
 def test_concat_single_bottom_is_a_copy():
@@ -304,7 +316,9 @@ def test_concat_axis_and_concat_dim_is_an_error():
 
 
 def test_concat_shape_mismatch_is_an_error():
-    with pytest.raises(LayerSetupError, match=r"bottom 1 has shape 3 3 \(9\) but bottom 0"):
+    with pytest.raises(
+        LayerSetupError, match=r"bottom 1 has shape 3 3 \(9\) but bottom 0"
+    ):
         concat_layer("", [(2, 3), (3, 3)])
 
 
@@ -336,7 +350,9 @@ def test_split_gradients_add_up():
 
 
 def test_split_gradcheck():
-    layer = make_layer('name: "s" type: "Split" bottom: "x" top: "a" top: "b"', [(2, 2)])
+    layer = make_layer(
+        'name: "s" type: "Split" bottom: "x" top: "a" top: "b"', [(2, 2)]
+    )
     weights = torch.tensor([[[1.0]], [[-2.0]]], dtype=torch.float64)
     gradcheck(lambda x: torch.stack(layer.forward([x])) * weights, rand(2, 2))
 
@@ -381,7 +397,9 @@ def test_reshape_shapes(params, bottom, expected):
 
 
 def test_reshape_gradcheck():
-    layer = make_layer(RESHAPE + "reshape_param { shape { dim: -1 dim: 2 } }", [(2, 3, 2)])
+    layer = make_layer(
+        RESHAPE + "reshape_param { shape { dim: -1 dim: 2 } }", [(2, 3, 2)]
+    )
     x = rand(2, 3, 2)
     assert torch.equal(layer.forward([x])[0], x.reshape(6, 2))
     gradcheck(lambda x: layer.forward([x])[0], x)
@@ -392,7 +410,11 @@ def test_reshape_gradcheck():
     [
         ("shape { dim: -1 dim: -1 }", (2, 3), "at most one dimension can be inferred"),
         ("shape { dim: -2 dim: 3 }", (2, 3), "has a negative dimension"),
-        ("shape { dim: 5 }", (2, 3), r"cannot reshape a bottom of shape 2 3 \(6\) to 5"),
+        (
+            "shape { dim: 5 }",
+            (2, 3),
+            r"cannot reshape a bottom of shape 2 3 \(6\) to 5",
+        ),
         ("shape { dim: 0 dim: 0 dim: 0 }", (2, 3), "no axis 2 to copy"),
         ("shape { dim: 4 dim: -1 }", (2, 3), "not a multiple of the product"),
         ("shape { dim: 1 } axis: 3", (2, 3), "axis 3 is out of range"),
@@ -436,10 +458,13 @@ def test_slice_point_at_the_end_gives_an_empty_top():
 
 
 def test_slice_gradcheck():
-    layer = slice_layer("slice_param { axis: -1 slice_point: 1 slice_point: 3 }", 3, (2, 4))
+    layer = slice_layer(
+        "slice_param { axis: -1 slice_point: 1 slice_point: 3 }", 3, (2, 4)
+    )
     weights = [torch.tensor(float(w), dtype=torch.float64) for w in (1, -2, 3)]
     gradcheck(
-        lambda x: sum((w * t).sum() for w, t in zip(weights, layer.forward([x]))), rand(2, 4)
+        lambda x: sum((w * t).sum() for w, t in zip(weights, layer.forward([x]))),
+        rand(2, 4),
     )
 
 
@@ -461,7 +486,9 @@ def test_slice_errors(params, num_tops, message):
 
 
 def test_slice_more_tops_than_axis_size_is_an_error():
-    with pytest.raises(LayerSetupError, match="3 tops cannot be cut from an axis of size 2"):
+    with pytest.raises(
+        LayerSetupError, match="3 tops cannot be cut from an axis of size 2"
+    ):
         slice_layer("slice_param { slice_point: 1 slice_point: 2 }", 3, (1, 2))
 
 
@@ -495,7 +522,9 @@ def test_eltwise_gradcheck(operation):
     coeffs = [0.5, -2.0, 1.5] if operation == SUM else None
     gradcheck(
         lambda a, b, c: eltwise([a, b, c], operation, coeffs),
-        rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2),
+        rand(2, 3),
+        rand(2, 3, seed=1),
+        rand(2, 3, seed=2),
     )
 
 
@@ -514,7 +543,9 @@ def test_eltwise_coeff_count_is_an_error():
 
 def test_eltwise_prod_with_coeff_is_an_error():
     with pytest.raises(LayerSetupError, match="coeff is only used by operation SUM"):
-        eltwise_layer("eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [(2,), (2,)])
+        eltwise_layer(
+            "eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [(2,), (2,)]
+        )
 
 
 def test_eltwise_shape_mismatch_names_both_shapes():
@@ -547,7 +578,10 @@ def test_tile_gradcheck():
 
 @pytest.mark.parametrize(
     "params, message",
-    [("", "tile_param.tiles is missing"), ("tile_param { tiles: 0 }", "must be positive")],
+    [
+        ("", "tile_param.tiles is missing"),
+        ("tile_param { tiles: 0 }", "must be positive"),
+    ],
 )
 def test_tile_errors(params, message):
     with pytest.raises(LayerSetupError, match=message):
@@ -614,7 +648,9 @@ def test_argmax_with_axis():
 def test_argmax_layer_shapes():
     text = 'name: "a" type: "ArgMax" bottom: "x" top: "y" '
     assert make_layer(text, [(3, 6)]).reshape([(3, 6)]) == [(3, 1, 1)]
-    four = make_layer(text + "argmax_param { out_max_val: true top_k: 2 }", [(2, 3, 4, 5)])
+    four = make_layer(
+        text + "argmax_param { out_max_val: true top_k: 2 }", [(2, 3, 4, 5)]
+    )
     assert four.reshape([(2, 3, 4, 5)]) == [(2, 2, 2, 1)]
     axis = make_layer(text + "argmax_param { axis: 1 top_k: 2 }", [(2, 3, 4)])
     assert axis.reshape([(2, 3, 4)]) == [(2, 2, 4)]
@@ -662,7 +698,9 @@ def test_filter_by_hand():
 
 def test_filter_gradient_reaches_kept_items_only():
     x = rand(4, 2)
-    selector = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    selector = torch.tensor(
+        [0.0, 1.0, 0.0, 1.0], dtype=torch.float64, requires_grad=True
+    )
     layer = make_layer(
         'name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"', [(4, 2), (4,)]
     )
@@ -697,16 +735,20 @@ def test_filter_top_count_is_an_error():
 
 
 def test_filter_selector_shape_is_an_error():
-    with pytest.raises(LayerSetupError, match=r"selector \(last bottom\) has shape 4 2"):
+    with pytest.raises(
+        LayerSetupError, match=r"selector \(last bottom\) has shape 4 2"
+    ):
         make_layer(
-            'name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"', [(4, 2), (4, 2)]
+            'name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"',
+            [(4, 2), (4, 2)],
         )
 
 
 def test_filter_first_dimension_mismatch_is_an_error():
     with pytest.raises(LayerSetupError, match="the selector has 3 items"):
         make_layer(
-            'name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"', [(4, 2), (3, 1)]
+            'name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"',
+            [(4, 2), (3, 1)],
         )
 
 

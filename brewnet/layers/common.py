@@ -12,7 +12,8 @@ the bottom as well, as it does in Caffe.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 
@@ -57,14 +58,18 @@ def concat(bottoms: Sequence[torch.Tensor], axis: int = 1) -> torch.Tensor:
     return torch.cat(list(bottoms), dim=axis)
 
 
-def slice_along(x: torch.Tensor, axis: int, points: Sequence[int]) -> list[torch.Tensor]:
+def slice_along(
+    x: torch.Tensor, axis: int, points: Sequence[int]
+) -> list[torch.Tensor]:
     """Split ``x`` along ``axis`` at the increasing indices ``points``."""
     bounds = [0, *points, x.shape[axis]]
-    return [x.narrow(axis, lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [x.narrow(axis, lo, hi - lo) for lo, hi in pairwise(bounds)]
 
 
 def eltwise(
-    bottoms: Sequence[torch.Tensor], operation: int, coeffs: Sequence[float] | None = None
+    bottoms: Sequence[torch.Tensor],
+    operation: int,
+    coeffs: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Combine equally shaped tensors element by element.
 
@@ -104,7 +109,9 @@ def tile(x: torch.Tensor, axis: int, tiles: int) -> torch.Tensor:
     return x.repeat(*repeats)
 
 
-def reduction(x: torch.Tensor, operation: int, axis: int = 0, coeff: float = 1.0) -> torch.Tensor:
+def reduction(
+    x: torch.Tensor, operation: int, axis: int = 0, coeff: float = 1.0
+) -> torch.Tensor:
     """Reduce the axes of ``x`` from ``axis`` on, then scale by ``coeff``.
 
     ``operation`` is a ``ReductionParameter`` value: SUM, ASUM (sum of absolute
@@ -124,7 +131,9 @@ def reduction(x: torch.Tensor, operation: int, axis: int = 0, coeff: float = 1.0
     return (result * coeff).reshape(tuple(x.shape[:axis]))
 
 
-def sorted_top_k(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_top_k(
+    x: torch.Tensor, k: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the ``k`` largest values along ``dim`` and their indices.
 
     Equal values come out with the larger index first, which is the order of Caffe's
@@ -204,12 +213,18 @@ def _check_index_blob(
     low, high = values.min().item(), values.max().item()
     if low < 0 or high >= limit:
         bad = low if low < 0 else high
-        raise layer.error(f"{what} must be in [0, {limit - 1}], but {bad:g} is given; {fix}")
+        raise layer.error(
+            f"{what} must be in [0, {limit - 1}], but {bad:g} is given; {fix}"
+        )
 
 
 def _reject_in_place(layer: Layer) -> None:
     """Raise when the layer's top is its bottom; Caffe rejects this for views."""
-    if layer.param.top and layer.param.bottom and layer.param.top[0] == layer.param.bottom[0]:
+    if (
+        layer.param.top
+        and layer.param.bottom
+        and layer.param.top[0] == layer.param.bottom[0]
+    ):
         raise layer.error(
             f"cannot run in place (top and bottom are both '{layer.param.top[0]}'); "
             f"give the top a new name"
@@ -616,12 +631,11 @@ class EltwiseLayer(Layer):
                 f"{len(bottom_shapes)} bottoms; give one coeff per bottom, or none"
             )
         if coeffs and param.operation == _Eltwise.PROD:
-            raise self.error(
-                "coeff is only used by operation SUM; remove it for PROD"
-            )
+            raise self.error("coeff is only used by operation SUM; remove it for PROD")
         if coeffs and param.operation == _Eltwise.MAX:
             logger.warning(
-                "layer '%s': eltwise_param.coeff is ignored for operation MAX", self.name
+                "layer '%s': eltwise_param.coeff is ignored for operation MAX",
+                self.name,
             )
         self._coeffs = [float(c) for c in coeffs] or None
 
@@ -713,7 +727,9 @@ class ArgMaxLayer(Layer):
         param = self.param.argmax_param
         shape = bottom_shapes[0]
         if param.top_k < 1:
-            raise self.error(f"argmax_param.top_k is {param.top_k}; it must be at least 1")
+            raise self.error(
+                f"argmax_param.top_k is {param.top_k}; it must be at least 1"
+            )
         if param.HasField("axis"):
             axis = canonical_axis(self, param.axis, len(shape))
             if param.top_k > shape[axis]:
@@ -731,7 +747,11 @@ class ArgMaxLayer(Layer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         param = self.param.argmax_param
         x = bottom[0]
-        axis = canonical_axis(self, param.axis, x.dim()) if param.HasField("axis") else None
+        axis = (
+            canonical_axis(self, param.axis, x.dim())
+            if param.HasField("axis")
+            else None
+        )
         return [argmax(x, int(param.top_k), param.out_max_val, axis)]
 
 
@@ -820,11 +840,16 @@ class EmbedLayer(Layer):
             self.new_blob((self._input_dim, int(param.num_output)), param.weight_filler)
         ]
         if self._bias_term:
-            self.blobs.append(self.new_blob((int(param.num_output),), param.bias_filler))
+            self.blobs.append(
+                self.new_blob((int(param.num_output),), param.bias_filler)
+            )
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         _check_index_blob(
-            self, bottom[0], self._input_dim, "Embed indices",
+            self,
+            bottom[0],
+            self._input_dim,
+            "Embed indices",
             "check the bottom blob and embed_param.input_dim",
         )
         bias = self.blobs[1] if self._bias_term else None
@@ -851,7 +876,9 @@ class ParameterLayer(Layer):
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         shape = tuple(int(d) for d in self.param.parameter_param.shape.dim)
         if any(d < 0 for d in shape):
-            raise self.error(f"parameter_param.shape {list(shape)} has a negative dimension")
+            raise self.error(
+                f"parameter_param.shape {list(shape)} has a negative dimension"
+            )
         self.blobs = [self.new_blob(shape, None)]
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
@@ -887,7 +914,10 @@ class BatchReindexLayer(Layer):
         data, indices = bottom
         self._check_shapes(tuple(data.shape), tuple(indices.shape))
         _check_index_blob(
-            self, indices, data.shape[0], "BatchReindex indices",
+            self,
+            indices,
+            data.shape[0],
+            "BatchReindex indices",
             f"every index must select one of the {data.shape[0]} items of the data "
             f"bottom",
         )
