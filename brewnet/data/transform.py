@@ -139,9 +139,15 @@ class DataTransformer:
         return datum_to_array(datum, force_color, force_gray, source, key)
 
     def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
-        """Return the C x H x W shape of the output for a sample of ``shape``."""
+        """Return the C x H x W output shape for samples of ``shape``.
+
+        Raises:
+            DataError: such samples do not fit the crop, the mean image or the number
+                of mean values.
+        """
         channels, height, width = (int(d) for d in shape)
         self._check_crop(height, width)
+        self._mean_for(channels, height, width)
         if self.crop_size:
             return channels, self.crop_size, self.crop_size
         return channels, height, width

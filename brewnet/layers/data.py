@@ -19,7 +19,7 @@ from brewnet.data.datum import parse_datum
 from brewnet.data.db import LEVELDB_MESSAGE, LMDBReader, RecordCursor, resolve_source
 from brewnet.data.prefetch import Prefetcher
 from brewnet.data.transform import DataTransformer, transformation_param
-from brewnet.errors import DataError
+from brewnet.errors import DataError, LayerSetupError
 from brewnet.layers.base import Layer, Shape
 from brewnet.layers.registry import register_layer
 from brewnet.proto import caffe_pb2
@@ -31,6 +31,20 @@ def layer_rng() -> np.random.Generator:
     """Return a NumPy generator seeded from torch's global generator."""
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
     return np.random.default_rng(seed)
+
+
+def detached_error(layer: Layer):
+    """Return an error factory like ``layer.error`` that holds no reference to ``layer``.
+
+    Objects used by a prefetch thread take this one, so that the layer can still be
+    garbage-collected while the thread runs.
+    """
+    prefix = f"layer '{layer.name}' (type {layer.type}): "
+
+    def build(message: str) -> LayerSetupError:
+        return LayerSetupError(prefix + message)
+
+    return build
 
 
 def numpy_dtype(dtype: torch.dtype) -> type:
@@ -132,7 +146,7 @@ class DataLayer(Layer):
         rng = layer_rng()
         transformer = DataTransformer(
             transformation_param(self.param, param), self.phase, rng,
-            numpy_dtype(self.dtype), self.error,
+            numpy_dtype(self.dtype), detached_error(self),
         )
         cursor = reader.cursor()
         try:
