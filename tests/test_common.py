@@ -882,3 +882,31 @@ def test_batch_reindex_bad_index_is_an_error(indices, message):
 def test_batch_reindex_index_axes_is_an_error():
     with pytest.raises(LayerSetupError, match="must have exactly one axis"):
         make_layer(REINDEX, [(3, 2), (2, 1)])
+
+
+def test_batch_reindex_scalar_data_is_an_error():
+    with pytest.raises(
+        LayerSetupError, match="data bottom must have at least one axis"
+    ):
+        make_layer(REINDEX, [(), (2,)])
+
+
+def test_parameter_negative_dimension_is_an_error():
+    with pytest.raises(
+        LayerSetupError, match=r"shape \[2, -1\] has a negative dimension"
+    ):
+        make_layer(
+            'name: "p" type: "Parameter" top: "w" '
+            "parameter_param { shape { dim: 2 dim: -1 } }",
+            [],
+        )
+
+
+def test_eltwise_max_ignores_coeff_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="brewnet.layers.common"):
+        layer = eltwise_layer(
+            "eltwise_param { operation: MAX coeff: 2 coeff: 3 }", [(2,)] * 2
+        )
+    assert "coeff is ignored for operation MAX" in caplog.text
+    out = layer.forward([torch.tensor([1.0, 5.0]), torch.tensor([2.0, 4.0])])
+    assert out[0].tolist() == [2.0, 5.0]
