@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from reference_case import REFERENCE, case_names, run_case
 
 import brewnet
 from brewnet.errors import BrewnetError, LayerSetupError
@@ -20,12 +21,11 @@ from brewnet.io.model import array_to_blob_proto
 from brewnet.layers import layer_class, layer_type_list
 from brewnet.layers import loss as L
 from brewnet.proto import caffe_pb2
-from reference_case import REFERENCE, case_names, run_case
 
 FLT_MIN = 1.17549435e-38
 
 
-# =========================================================================== helpers
+# ============================================================================== helpers
 def input_layers(**shapes: tuple[int, ...]) -> str:
     """Return prototxt Input layers, one per keyword: name=shape."""
     text = ""
@@ -52,7 +52,9 @@ def run_net(net, **values):
     return net
 
 
-def softmax_net(layer_fields: str, x_shape, y_shape, tops=("loss",), dtype=torch.float32):
+def softmax_net(
+    layer_fields: str, x_shape, y_shape, tops=("loss",), dtype=torch.float32
+):
     top_lines = " ".join(f'top: "{t}"' for t in tops)
     return make_net(
         "force_backward: true\n"
@@ -96,7 +98,7 @@ def test_reference_case(name):
     run_case("losses", name)
 
 
-# =========================================================================== SoftmaxWithLoss
+# ====================================================================== SoftmaxWithLoss
 CASE_A_X = [[1, 2, 0.5], [-1, 0, 3]]
 CASE_A_Y = [0, 2]
 CASE_A_LOSS = 0.765126348
@@ -143,7 +145,10 @@ CASE_C_X = np.array([1, 2, 0.5, -1, 0, 3, 0, 0, 0, 2, 1, 0]).reshape(2, 2, 3)
 
 @pytest.mark.parametrize("mode", ["VALID", "NONE", "FULL", "BATCH_SIZE"])
 def test_softmax_all_labels_ignored(mode):
-    fields = f"softmax_param {{ axis: -1 }} loss_param {{ ignore_label: 7 normalization: {mode} }}"
+    fields = (
+        "softmax_param { axis: -1 } "
+        f"loss_param {{ ignore_label: 7 normalization: {mode} }}"
+    )
     net = softmax_net(fields, (2, 2, 3), (2, 2))
     run_net(net, x=CASE_C_X, y=[[7, 7], [7, 7]])
     assert net.loss == 0.0
@@ -184,8 +189,18 @@ def test_softmax_valid_gradient():
     net = softmax_net("loss_param { ignore_label: 255 }", (2, 3, 1, 2), (2, 1, 1, 2))
     run_net(net, x=CASE_D_X, y=CASE_D_Y)
     expected = [
-        -0.151150212, 0.0884626508, 0.11049965, 0.00440429617, 0.040650554,
-        -0.0928669423, 0.0300101899, 0, -0.111586377, 0, 0.0815761536, 0,
+        -0.151150212,
+        0.0884626508,
+        0.11049965,
+        0.00440429617,
+        0.040650554,
+        -0.0928669423,
+        0.0300101899,
+        0,
+        -0.111586377,
+        0,
+        0.0815761536,
+        0,
     ]
     diff = net.blobs["x"].diff
     np.testing.assert_allclose(diff.ravel(), expected, rtol=1e-5, atol=1e-8)
@@ -198,10 +213,13 @@ def test_softmax_batch_size_is_outer_count():
     labels = [[0, 2], [1, 0]]
     batch = softmax_net(
         "softmax_param { axis: -1 } loss_param { normalization: BATCH_SIZE }",
-        (2, 2, 3), (2, 2),
+        (2, 2, 3),
+        (2, 2),
     )
     none = softmax_net(
-        "softmax_param { axis: -1 } loss_param { normalization: NONE }", (2, 2, 3), (2, 2)
+        "softmax_param { axis: -1 } loss_param { normalization: NONE }",
+        (2, 2, 3),
+        (2, 2),
     )
     run_net(batch, x=CASE_C_X, y=labels)
     run_net(none, x=CASE_C_X, y=labels)
@@ -219,7 +237,9 @@ def test_softmax_underflow_plateau():
     assert net.loss == pytest.approx((-math.log(FLT_MIN) + math.log(3)) / 2, rel=1e-6)
     # The gradient is not clamped: (p - onehot) / 2.
     expected = [-0.5, 0.5, 0, -1 / 3, 1 / 6, 1 / 6]
-    np.testing.assert_allclose(net.blobs["x"].diff.ravel(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        net.blobs["x"].diff.ravel(), expected, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_softmax_clamp_is_flt_min_in_float64():
@@ -270,7 +290,9 @@ def test_softmax_label_out_of_range():
 def test_softmax_negative_label_out_of_range():
     net = softmax_net("loss_param { ignore_label: 255 }", (2, 3), (2,))
     net.blobs["y"].data[...] = [-1, 255]
-    with pytest.raises(LayerSetupError, match=r"label -1 at index 0 .*ignore_label 255"):
+    with pytest.raises(
+        LayerSetupError, match=r"label -1 at index 0 .*ignore_label 255"
+    ):
         net.forward()
 
 
@@ -306,7 +328,9 @@ def test_softmax_three_tops_rejected():
 
 
 def test_label_propagate_down_rejected():
-    with pytest.raises(LayerSetupError, match=r"cannot backpropagate to bottom 1 \('y'\)"):
+    with pytest.raises(
+        LayerSetupError, match=r"cannot backpropagate to bottom 1 \('y'\)"
+    ):
         softmax_net("propagate_down: true propagate_down: true", (2, 3), (2,))
 
 
@@ -316,7 +340,7 @@ def test_label_propagate_down_false_accepted():
     assert net.loss == pytest.approx(CASE_A_LOSS, rel=1e-5)
 
 
-# =========================================================================== EuclideanLoss
+# ======================================================================== EuclideanLoss
 def euclidean_net(fields=""):
     return make_net(
         "force_backward: true\n"
@@ -383,7 +407,7 @@ def test_euclidean_one_bottom_rejected():
         make_net(text)
 
 
-# =========================================================================== SigmoidCE
+# ============================================================================ SigmoidCE
 def test_sigmoid_ce_value_by_hand():
     x, t = f64([[0.0, 2.0], [-1.0, 3.0]]), f64([[1.0, 0.0], [0.5, 1.0]])
     expected = sum(
@@ -426,7 +450,9 @@ def test_sigmoid_ce_normalization(fields, divisor):
         f'bottom: "t" top: "loss" loss_param {{ {fields} }} }}'
     )
     run_net(net, x=x, t=t)
-    summed = math.log(2) + (math.log1p(math.exp(-1))) + (3 - 3 + math.log1p(math.exp(-3)))
+    summed = (
+        math.log(2) + (math.log1p(math.exp(-1))) + (3 - 3 + math.log1p(math.exp(-3)))
+    )
     assert net.loss == pytest.approx(summed / divisor, rel=1e-6)
     sigmoid = 1 / (1 + np.exp(-np.array(x)))
     expected = (sigmoid - np.array(t)) / divisor
@@ -448,7 +474,7 @@ def test_sigmoid_ce_count_mismatch():
     assert "one target per score" in message
 
 
-# =========================================================================== HingeLoss
+# ============================================================================ HingeLoss
 CASE_F_X = [[0.5, -2, 0.3], [1.5, 0.2, -0.4]]
 CASE_F_Y = [0, 2]
 
@@ -516,7 +542,9 @@ def test_hinge_weight_zero_changes_no_gradient():
 def test_hinge_label_out_of_range():
     net = hinge_net("L1")
     net.blobs["y"].data[...] = [0, 5]
-    with pytest.raises(LayerSetupError, match=r"'loss' \(type HingeLoss\): label 5 at index 1"):
+    with pytest.raises(
+        LayerSetupError, match=r"'loss' \(type HingeLoss\): label 5 at index 1"
+    ):
         net.forward()
 
 
@@ -524,11 +552,13 @@ def test_hinge_label_count_mismatch():
     text = input_layers(x=(2, 3), y=(2, 2)) + (
         'layer { name: "h" type: "HingeLoss" bottom: "x" bottom: "y" top: "l" }'
     )
-    with pytest.raises(LayerSetupError, match=r"'h'.*2 2 \(4\).*one label per sample, 2"):
+    with pytest.raises(
+        LayerSetupError, match=r"'h'.*2 2 \(4\).*one label per sample, 2"
+    ):
         make_net(text)
 
 
-# =========================================================================== InfogainLoss
+# ========================================================================= InfogainLoss
 INFOGAIN_H = [[1.0, 0.5, 0.0], [0.2, 2.0, 0.3], [0.0, 0.0, 1.5]]
 
 
@@ -555,7 +585,9 @@ def infogain_net(fields="", source=None, tops=("loss",), h_bottom=True):
 
 
 def test_infogain_value_and_gradient():
-    net = run_net(infogain_net(), x=CASE_A_X, y=CASE_A_Y, H=np.reshape(INFOGAIN_H, (1, 1, 3, 3)))
+    net = run_net(
+        infogain_net(), x=CASE_A_X, y=CASE_A_Y, H=np.reshape(INFOGAIN_H, (1, 1, 3, 3))
+    )
     expected = infogain_by_hand(CASE_A_X, CASE_A_Y, INFOGAIN_H) / 2
     assert net.loss == pytest.approx(expected, rel=1e-5)
     # Caffe's gradient: (p * sum_l H[y, l] - H[y, :]) / 2.
@@ -572,16 +604,16 @@ def test_infogain_from_source_file(tmp_path):
     path.write_bytes(
         array_to_blob_proto(np.reshape(INFOGAIN_H, (1, 1, 3, 3))).SerializeToString()
     )
-    net = run_net(
-        infogain_net(source=path, h_bottom=False), x=CASE_A_X, y=CASE_A_Y
-    )
+    net = run_net(infogain_net(source=path, h_bottom=False), x=CASE_A_X, y=CASE_A_Y)
     expected = infogain_by_hand(CASE_A_X, CASE_A_Y, INFOGAIN_H) / 2
     assert net.loss == pytest.approx(expected, rel=1e-5)
     assert "info" not in net.params  # H is not a learnable parameter
 
 
 def test_infogain_identity_is_softmax_loss():
-    net = run_net(infogain_net(), x=CASE_A_X, y=CASE_A_Y, H=np.eye(3).reshape(1, 1, 3, 3))
+    net = run_net(
+        infogain_net(), x=CASE_A_X, y=CASE_A_Y, H=np.eye(3).reshape(1, 1, 3, 3)
+    )
     assert net.loss == pytest.approx(CASE_A_LOSS, rel=1e-5)
 
 
@@ -605,11 +637,15 @@ def test_infogain_ignore_label_and_axis():
     h = f64(INFOGAIN_H)
     # Axis -1 of (1, 2, 3): two positions, the second one ignored.
     loss, _ = L.infogain_loss(x, f64([[0, 9]]), h, axis=2, ignore_label=9)
-    assert float(loss) == pytest.approx(infogain_by_hand([CASE_A_X[0]], [0], INFOGAIN_H))
+    assert float(loss) == pytest.approx(
+        infogain_by_hand([CASE_A_X[0]], [0], INFOGAIN_H)
+    )
     loss, _ = L.infogain_loss(
         x, f64([[0, 9]]), h, axis=2, ignore_label=9, normalization=L.FULL
     )
-    assert float(loss) == pytest.approx(infogain_by_hand([CASE_A_X[0]], [0], INFOGAIN_H) / 2)
+    assert float(loss) == pytest.approx(
+        infogain_by_hand([CASE_A_X[0]], [0], INFOGAIN_H) / 2
+    )
 
 
 def test_infogain_all_ignored():
@@ -652,11 +688,13 @@ def test_infogain_matrix_size_mismatch(tmp_path):
 def test_infogain_label_out_of_range():
     net = infogain_net()
     net.blobs["y"].data[...] = [3, 0]
-    with pytest.raises(LayerSetupError, match=r"'info' \(type InfogainLoss\): label 3 at index 0"):
+    with pytest.raises(
+        LayerSetupError, match=r"'info' \(type InfogainLoss\): label 3 at index 0"
+    ):
         net.forward()
 
 
-# =========================================================================== Multinomial
+# ========================================================================== Multinomial
 def multinomial_net(y_shape=(2,)):
     return make_net(
         "force_backward: true\n"
@@ -701,7 +739,7 @@ def test_multinomial_label_out_of_range():
         net.forward()
 
 
-# =========================================================================== Contrastive
+# ========================================================================== Contrastive
 def contrastive_net(fields=""):
     return make_net(
         "force_backward: true\n"
@@ -816,7 +854,9 @@ def randn(*shape, seed=0):
     ],
 )
 def test_gradcheck_softmax(fields):
-    text = f'name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "l" {fields}'
+    text = (
+        f'name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "l" {fields}'
+    )
     labels = f64([[0, 1], [2, 1]]).reshape(2, 1, 2)
     gradcheck_layer(text, [randn(2, 3, 1, 2), labels], [0])
 
@@ -872,7 +912,8 @@ def test_gradcheck_contrastive(legacy):
     # Distances stay near 1 or more, where Caffe's d + 1e-4 denominator is within
     # the gradcheck tolerance of the exact derivative.
     text = (
-        'name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "s" top: "l" '
+        'name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "s" '
+        'top: "l" '
         f"contrastive_loss_param {{ margin: 3 legacy_version: {legacy} }}"
     )
     a = f64([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.5, 0.5]])
@@ -883,7 +924,10 @@ def test_gradcheck_contrastive(legacy):
 def test_gradcheck_softmax_through_net():
     # The float64 net path: net.backward's diff against finite differences.
     net = softmax_net(
-        "loss_param { ignore_label: 255 }", (2, 3, 1, 2), (2, 1, 1, 2), dtype=torch.float64
+        "loss_param { ignore_label: 255 }",
+        (2, 3, 1, 2),
+        (2, 1, 1, 2),
+        dtype=torch.float64,
     )
     x = CASE_D_X.astype(np.float64)
     run_net(net, x=x, y=CASE_D_Y)
@@ -902,7 +946,7 @@ def test_gradcheck_softmax_through_net():
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
-# =========================================================================== shapes
+# =============================================================================== shapes
 def test_loss_top_is_scalar():
     net = run_net(euclidean_net(), a=CASE_E_A, b=CASE_E_B)
     assert net.blobs["loss"].shape == ()

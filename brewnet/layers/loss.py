@@ -22,7 +22,6 @@ a gradient.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import ClassVar, Sequence
 
@@ -34,8 +33,6 @@ from brewnet.errors import ModelFileError
 from brewnet.layers.base import TRAIN, Layer, Shape, canonical_axis, count, is_meta
 from brewnet.layers.registry import register_layer
 from brewnet.proto import caffe_pb2
-
-logger = logging.getLogger(__name__)
 
 FULL = caffe_pb2.LossParameter.FULL
 VALID = caffe_pb2.LossParameter.VALID
@@ -57,12 +54,12 @@ LOG_THRESHOLD = 1e-20
 CONTRASTIVE_EPSILON = 1e-4
 
 
-# =========================================================================== helpers
+# ============================================================================== helpers
 def _with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """Return ``value`` exactly, with the autograd gradient of ``surrogate``.
 
     ``surrogate - surrogate.detach()`` is exactly zero, so the forward number is not
-    rounded, and backward sees only ``surrogate``.
+    rounded, and backward uses only ``surrogate``.
     """
     return value.detach() + (surrogate - surrogate.detach())
 
@@ -118,7 +115,7 @@ def _valid_mask(labels: torch.Tensor, ignore_label: int | None) -> torch.Tensor 
     return labels != int(ignore_label)
 
 
-# =========================================================================== math
+# ================================================================================= math
 def softmax_with_loss(
     scores: torch.Tensor,
     labels: torch.Tensor,
@@ -129,8 +126,8 @@ def softmax_with_loss(
     """Return (loss, prob): the normalized sum of ``-log(max(p_label, FLT_MIN))``.
 
     Args:
-        scores: unnormalized scores; ``axis`` (already non-negative) holds the
-            classes.
+        scores: unnormalized scores; ``axis`` (already non-negative) is the class
+            axis.
         labels: one class index per position, ``count == outer * inner`` where
             outer and inner are the products of the dimensions before and after
             ``axis``. Every label that is not ``ignore_label`` must lie in
@@ -199,7 +196,9 @@ def sigmoid_cross_entropy_loss(
     return per_entry.sum() / loss_normalizer(normalization, outer, inner, valid_count)
 
 
-def hinge_loss(scores: torch.Tensor, labels: torch.Tensor, norm: int = L1) -> torch.Tensor:
+def hinge_loss(
+    scores: torch.Tensor, labels: torch.Tensor, norm: int = L1
+) -> torch.Tensor:
     """Return the one-versus-all hinge loss, summed over classes and divided by N.
 
     Each class of each sample costs ``max(0, 1 + s x)`` with ``s = -1`` for the true
@@ -253,12 +252,16 @@ def infogain_loss(
         valid = valid.reshape(outer, inner)
         per_position = torch.where(valid, per_position, torch.zeros_like(per_position))
         valid_count = valid.sum()
-    loss = per_position.sum() / loss_normalizer(normalization, outer, inner, valid_count)
+    loss = per_position.sum() / loss_normalizer(
+        normalization, outer, inner, valid_count
+    )
     prob = torch.softmax(scores.detach(), dim=axis)
     return loss, prob
 
 
-def multinomial_logistic_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def multinomial_logistic_loss(
+    probs: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Return ``-sum log(max(p[label], 1e-20)) / N`` for probabilities ``probs``.
 
     The gradient at the label entry is ``-1 / (N max(p, 1e-20))``, as Caffe's, even
@@ -301,7 +304,9 @@ def contrastive_loss(
         dist = torch.sqrt(dist_sq.detach())
         gap = margin - dist
         dissimilar_cost = F.relu(gap) ** 2
-        dissimilar_coef = -(gap > 0).to(dist_sq.dtype) * gap / (dist + CONTRASTIVE_EPSILON)
+        dissimilar_coef = (
+            -(gap > 0).to(dist_sq.dtype) * gap / (dist + CONTRASTIVE_EPSILON)
+        )
     value = torch.where(is_similar, dist_sq.detach(), dissimilar_cost.detach())
     # d(coef * |diff|^2 / 2)/d(a) = coef * diff, which is Caffe's per-pair gradient.
     coef = torch.where(is_similar, torch.ones_like(dist_sq), dissimilar_coef).detach()
@@ -309,7 +314,7 @@ def contrastive_loss(
     return _with_gradient_of(value.sum() / num / 2, surrogate.sum() / num)
 
 
-# =========================================================================== layers
+# =============================================================================== layers
 def _legacy_dims(shape: Shape) -> tuple[int, int, int, int] | None:
     """Return Caffe's (num, channels, height, width) of a blob with at most 4 axes."""
     if len(shape) > 4:
@@ -330,6 +335,11 @@ class LossLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
     label_bottoms: ClassVar[tuple[int, ...]] = (1,)
+    # Caffe's LossLayer::AutoTopBlobs: a loss layer listed without a top gets an
+    # anonymous one (named "(automatic)"), which carries the loss weight.
+    # NOTE: brewnet's Net does not read this flag yet, so such a layer fails the
+    # top count check.
+    auto_top_blobs: ClassVar[bool] = True
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index not in self.label_bottoms
@@ -357,7 +367,8 @@ class LossLayer(Layer):
         return bottoms[index] if index < len(bottoms) else f"#{index}"
 
     def describe_bottom(self, index: int, shape: Shape) -> str:
-        return f"bottom {index} ('{self.bottom_name(index)}') of shape {shape_string(shape)}"
+        name = self.bottom_name(index)
+        return f"bottom {index} ('{name}') of shape {shape_string(shape)}"
 
     def check_first_dims(self, bottom_shapes: Sequence[Shape], second: int = 1) -> None:
         """Raise unless bottoms 0 and ``second`` share the first dimension."""
@@ -385,12 +396,15 @@ class LossLayer(Layer):
                 # Caffe aborts in the first backward pass of such a net.
                 raise self.error(
                     f"cannot backpropagate to bottom {index} "
-                    f"('{self.bottom_name(index)}'), which holds labels; set its "
+                    f"('{self.bottom_name(index)}'), which contains labels; set its "
                     f"propagate_down to false"
                 )
 
     def check_labels(
-        self, labels: torch.Tensor, num_classes: int, ignore_label: int | None = None,
+        self,
+        labels: torch.Tensor,
+        num_classes: int,
+        ignore_label: int | None = None,
         index: int = 1,
     ) -> None:
         """Raise unless every label is in ``[0, num_classes)`` or ``ignore_label``."""
@@ -539,7 +553,9 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [
-            sigmoid_cross_entropy_loss(bottom[0], bottom[1], self.ignore, self.normalization)
+            sigmoid_cross_entropy_loss(
+                bottom[0], bottom[1], self.ignore, self.normalization
+            )
         ]
 
 
@@ -745,17 +761,26 @@ class ContrastiveLossLayer(LossLayer):
         self.check_first_dims(bottom_shapes)
         a, b, similar = bottom_shapes
         dims_a, dims_b, dims_s = (_legacy_dims(s) for s in bottom_shapes)
-        expected = "; Caffe needs a and b of shape (N, C) or (N, C, 1, 1) and labels (N)"
+        expected = (
+            "; Caffe needs a and b of shape (N, C) or (N, C, 1, 1) and labels (N)"
+        )
         for index, dims in ((0, dims_a), (1, dims_b)):
             if dims is None or dims[2:] != (1, 1):
                 shape = bottom_shapes[index]
-                raise self.error(f"{self.describe_bottom(index, shape)} is not (N, C){expected}")
+                raise self.error(
+                    f"{self.describe_bottom(index, shape)} is not (N, C){expected}"
+                )
         if dims_a[1] != dims_b[1]:
             raise self.error(
                 f"{self.describe_bottom(0, a)} and {self.describe_bottom(1, b)} differ "
                 f"in channels{expected}"
             )
-        if not similar or dims_s is None or dims_s[1:] != (1, 1, 1) or similar[0] != a[0]:
+        if (
+            not similar
+            or dims_s is None
+            or dims_s[1:] != (1, 1, 1)
+            or similar[0] != a[0]
+        ):
             raise self.error(
                 f"{self.describe_bottom(2, similar)} is not one label per pair of "
                 f"{self.describe_bottom(0, a)}{expected}"
