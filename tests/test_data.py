@@ -726,3 +726,208 @@ def test_digits_lenet_data_layer_reads_them(digits_dbs):
     net.layers[0].close()
     assert net.blobs["data"].data.shape == (64, 1, 28, 28)
     assert net.blobs["data"].data.max() < 1.0
+
+
+# ---------------------------------------------------------------- other data layers
+def build(tmp_path: Path, text: str, phase=brewnet.TEST):
+    path = tmp_path / f"layer{len(list(tmp_path.glob('layer*.prototxt')))}.prototxt"
+    path.write_text(text)
+    return brewnet.Net(str(path), phase)
+
+
+def test_resize_linear_matches_opencv_arithmetic():
+    from brewnet.data.image import resize_linear
+
+    # Halving averages each 2x2 block with rounding: (0 + 4 + 8 + 12 + 2) >> 2 = 6.
+    block = np.array([[0, 4], [8, 12]], dtype=np.uint8)[:, :, None]
+    assert resize_linear(block, 1, 1)[0, 0, 0] == 6
+    # Doubling [0, 255]: input x = -0.25 (clamped), 0.25, 0.75, 1.25 (clamped), with
+    # 11-bit weights: 255 * 512 / 2048 = 63.75 -> 64 and 255 * 1536 / 2048 -> 191.
+    ramp = np.array([[0, 255]], dtype=np.uint8)[:, :, None]
+    assert resize_linear(ramp, 1, 4)[0, :, 0].tolist() == [0, 64, 191, 255]
+    same = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    np.testing.assert_array_equal(resize_linear(same, 3, 4), same)
+
+
+def image_list(tmp_path: Path, count: int = 3) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = []
+    for index in range(count):
+        rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+        rgb[..., 0] = 10 * index  # red
+        rgb[..., 2] = 200  # blue
+        name = f"img {index}.png"
+        (folder / name).write_bytes(png_bytes(rgb, "RGB"))
+        lines.append(f"{name} {index + 5}")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def image_data_net(tmp_path, listing, params="", batch=2, transform=""):
+    return build(tmp_path, (
+        'layer { name: "images" type: "ImageData" top: "data" top: "label"\n'
+        f'  image_data_param {{ source: "{listing}" root_folder: "{tmp_path}/images/" '
+        f"batch_size: {batch} {params} }}\n"
+        f"  transform_param {{ {transform} }} }}\n"
+    ))
+
+
+def test_image_data_reads_list_in_order(tmp_path):
+    listing = image_list(tmp_path)
+    net = image_data_net(tmp_path, listing)
+    assert net.blobs["data"].shape == (2, 3, 4, 6)
+    labels = []
+    for _ in range(2):
+        net.forward()
+        labels.append(net.blobs["label"].data.tolist())
+    net.layers[0].close()
+    assert labels == [[5, 6], [7, 5]]
+    # BGR: channel 0 is blue (200), channel 2 is red (10 * index).
+    data = net.blobs["data"].data
+    assert data[0, 0, 0, 0] == 200
+    assert data[0, 2, 0, 0] == 20
+
+
+def test_image_data_resize_gray_and_shuffle(tmp_path):
+    listing = image_list(tmp_path, count=4)
+    brewnet.set_random_seed(3)
+    net = image_data_net(
+        tmp_path, listing, "new_height: 2 new_width: 3 is_color: false shuffle: true", batch=4
+    )
+    net.forward()
+    net.layers[0].close()
+    assert net.blobs["data"].data.shape == (4, 1, 2, 3)
+    assert sorted(net.blobs["label"].data.tolist()) == [5, 6, 7, 8]
+
+
+def test_image_data_errors(tmp_path):
+    listing = image_list(tmp_path)
+    with pytest.raises(LayerSetupError, match="new_height and new_width set together"):
+        image_data_net(tmp_path, listing, "new_height: 2")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("first.png 1\nno_label_here\n")
+    with pytest.raises(DataError, match=r"bad.txt:2: expected 'filename label'"):
+        image_data_net(tmp_path, bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="is empty"):
+        image_data_net(tmp_path, empty)
+    missing = tmp_path / "missing.txt"
+    missing.write_text("absent.png 0\n")
+    with pytest.raises(DataError, match="could not load '.*absent.png'"):
+        image_data_net(tmp_path, missing)
+
+
+def write_h5(path: Path, data: np.ndarray, label: np.ndarray) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["data"] = data
+        handle["label"] = label
+
+
+def hdf5_net(tmp_path, listing, extra="", batch=4, transform=False):
+    text = (
+        'layer { name: "h5" type: "HDF5Data" top: "data" top: "label"\n'
+        f'  hdf5_data_param {{ source: "{listing}" batch_size: {batch} {extra} }}'
+        + ("\n  transform_param { scale: 2 }" if transform else "")
+        + " }\n"
+    )
+    return build(tmp_path, text)
+
+
+def test_hdf5_data_walks_files_in_order(tmp_path):
+    first = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    second = -np.arange(3 * 2 * 3, dtype=np.float64).reshape(3, 2, 3)
+    write_h5(tmp_path / "a.h5", first, np.arange(5))
+    write_h5(tmp_path / "b.h5", second, np.arange(10, 13))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'a.h5'}\n{tmp_path / 'b.h5'}\n")
+    net = hdf5_net(tmp_path, listing)
+    assert net.blobs["data"].shape == (4, 2, 3)
+    assert net.blobs["label"].shape == (4,)
+    labels = []
+    for _ in range(3):
+        net.forward()
+        labels.append(net.blobs["label"].data.tolist())
+    # Rows never mix files within the file order; after b.h5 comes a.h5 again.
+    assert labels == [[0, 1, 2, 3], [4, 10, 11, 12], [0, 1, 2, 3]]
+    np.testing.assert_array_equal(net.blobs["data"].data, first[:4])
+
+
+def test_hdf5_data_shuffle_keeps_rows_of_one_file(tmp_path):
+    write_h5(tmp_path / "a.h5", np.zeros((6, 1), np.float32), np.arange(6))
+    listing = tmp_path / "list.txt"
+    listing.write_text(str(tmp_path / "a.h5"))
+    brewnet.set_random_seed(0)
+    net = hdf5_net(tmp_path, listing, "shuffle: true", batch=6)
+    net.forward()
+    assert sorted(net.blobs["label"].data.tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_hdf5_data_errors(tmp_path):
+    listing = tmp_path / "list.txt"
+    with pytest.raises(DataError, match="cannot read the HDF5 source list"):
+        hdf5_net(tmp_path, listing)
+    listing.write_text(" \n")
+    with pytest.raises(DataError, match="names no file"):
+        hdf5_net(tmp_path, listing)
+    listing.write_text(str(tmp_path / "absent.h5"))
+    with pytest.raises(DataError, match="absent.h5' not found"):
+        hdf5_net(tmp_path, listing)
+    import h5py
+
+    with h5py.File(tmp_path / "only_data.h5", "w") as handle:
+        handle["data"] = np.zeros((2, 1))
+    listing.write_text(str(tmp_path / "only_data.h5"))
+    with pytest.raises(DataError, match="has no dataset 'label'"):
+        hdf5_net(tmp_path, listing)
+    write_h5(tmp_path / "uneven.h5", np.zeros((3, 1)), np.zeros(2))
+    listing.write_text(str(tmp_path / "uneven.h5"))
+    with pytest.raises(DataError, match="'label' has 2 rows but 'data' has 3"):
+        hdf5_net(tmp_path, listing)
+    write_h5(tmp_path / "good.h5", np.zeros((3, 1)), np.zeros(3))
+    listing.write_text(str(tmp_path / "good.h5"))
+    with pytest.raises(LayerSetupError, match="HDF5Data does not transform data"):
+        hdf5_net(tmp_path, listing, transform=True)
+
+
+def memory_net(tmp_path, shape="batch_size: 3 channels: 1 height: 2 width: 2"):
+    return build(tmp_path, (
+        'layer { name: "mem" type: "MemoryData" top: "data" top: "label"\n'
+        f"  memory_data_param {{ {shape} }} }}\n"
+    ))
+
+
+def test_memory_data_serves_batches(tmp_path):
+    net = memory_net(tmp_path)
+    assert net.blobs["data"].shape == (3, 1, 2, 2)
+    assert net.blobs["label"].shape == (3,)
+    data = np.arange(6 * 4, dtype=np.float32).reshape(6, 1, 2, 2)
+    net.layers[0].set_input_arrays(data, np.arange(6, dtype=np.float32))
+    seen = []
+    for _ in range(3):
+        net.forward()
+        seen.append(net.blobs["label"].data.ravel().tolist())
+    assert seen == [[0, 1, 2], [3, 4, 5], [0, 1, 2]]
+    assert net.blobs["label"].data.shape == (3, 1, 1, 1)
+    np.testing.assert_array_equal(net.blobs["data"].data, data[:3])
+
+
+def test_memory_data_errors(tmp_path):
+    with pytest.raises(LayerSetupError, match="all must be specified and positive"):
+        memory_net(tmp_path, "batch_size: 3 channels: 1 height: 2")
+    net = memory_net(tmp_path)
+    with pytest.raises(LayerSetupError, match="call set_input_arrays"):
+        net.forward()
+    layer = net.layers[0]
+    with pytest.raises(ValueError, match=r"expected \(M, 1, 2, 2\)"):
+        layer.set_input_arrays(np.zeros((3, 1, 2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="same first dimension"):
+        layer.set_input_arrays(np.zeros((3, 1, 2, 2)), np.zeros(6))
+    with pytest.raises(ValueError, match="multiple of batch size 3"):
+        layer.set_input_arrays(np.zeros((4, 1, 2, 2)), np.zeros(4))
+    with pytest.raises(ValueError, match=r"labels array has shape \(3, 2\)"):
+        layer.set_input_arrays(np.zeros((3, 1, 2, 2)), np.zeros((3, 2)))
