@@ -355,18 +355,20 @@ class Net:
 
     def _decide_backward(self) -> None:
         """Mark the layers and bottoms that take part in backward, as Caffe does."""
+        # Caffe decides this on split copies of blobs that feed several layers, so a
+        # blob skips backprop only when none of the layers reading it needs its
+        # gradient.
         under_loss: set[str] = set()
-        skip_backprop: set[str] = set()
+        consumed: set[str] = set()
+        needed: set[str] = set()
         for step in reversed(self._steps):
             contributes = False
             skip = True
             for index, top in enumerate(step.tops):
                 if step.loss_weights[index] or top.name in under_loss:
                     contributes = True
-                if top.name not in skip_backprop:
+                if top.name not in consumed or top.name in needed:
                     skip = False
-                if contributes and not skip:
-                    break
             if step.need_backward and skip:
                 step.need_backward = False
                 step.bottom_need_backward = [False] * len(step.bottoms)
@@ -377,8 +379,9 @@ class Net:
                     under_loss.add(bottom.name)
                 else:
                     step.bottom_need_backward[index] = False
-                if not step.bottom_need_backward[index]:
-                    skip_backprop.add(bottom.name)
+                consumed.add(bottom.name)
+                if step.bottom_need_backward[index]:
+                    needed.add(bottom.name)
         if self._param.force_backward:
             for step in self._steps:
                 step.need_backward = True

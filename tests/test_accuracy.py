@@ -50,12 +50,6 @@ def run(net: brewnet.Net, scores=SCORES, labels=LABELS) -> dict[str, np.ndarray]
 
 
 # ================================================================== Caffe's reference
-@pytest.mark.xfail(
-    strict=True,
-    reason="brewnet.Net skips backward for the InnerProduct when its top 's' also "
-    "feeds Accuracy, so the diff of 's' stays zero; Caffe's split of 's' keeps the "
-    "SoftmaxWithLoss branch. Remove this mark when the net handles it.",
-)
 def test_reference_case_accuracy_topk_ignore():
     run_case("losses", "accuracy_topk_ignore")
 
