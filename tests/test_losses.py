@@ -334,6 +334,20 @@ def test_label_propagate_down_rejected():
         softmax_net("propagate_down: true propagate_down: true", (2, 3), (2,))
 
 
+def test_label_propagate_down_test_phase():
+    # Caffe only aborts in backward, which a TEST net never runs.
+    net = make_net(
+        input_layers(x=(2, 3), y=(2,))
+        + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" '
+        'top: "loss" propagate_down: true propagate_down: true }',
+        phase=brewnet.TEST,
+    )
+    net.blobs["x"].data[...] = CASE_A_X
+    net.blobs["y"].data[...] = CASE_A_Y
+    net.forward()
+    assert net.loss == pytest.approx(CASE_A_LOSS, rel=1e-5)
+
+
 def test_label_propagate_down_false_accepted():
     net = softmax_net("propagate_down: true propagate_down: false", (2, 3), (2,))
     run_net(net, x=CASE_A_X, y=CASE_A_Y)
