@@ -1,6 +1,6 @@
 """Caffe ``Datum`` records: parsing, conversion to arrays and image decoding.
 
-A Datum holds one sample: ``channels`` x ``height`` x ``width`` values as raw uint8
+A Datum contains one sample: ``channels`` x ``height`` x ``width`` values as raw uint8
 bytes in ``data`` or as floats in ``float_data``, an integer ``label``, and the flag
 ``encoded`` when ``data`` is a compressed image file (PNG, JPEG, ...).
 
@@ -70,7 +70,11 @@ def datum_to_array(
             be decoded; the message names ``source`` and ``key``.
     """
     if datum.encoded:
-        color = True if force_color else (False if force_gray else None)
+        color = None
+        if force_color:
+            color = True
+        elif force_gray:
+            color = False
         try:
             image = decode_image(datum.data, color)
         except DataError as error:
@@ -140,7 +144,7 @@ def decode_image(data: bytes, color: Optional[bool] = None) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
         if color is False and image.format == "JPEG":
-            # libjpeg returns its luma channel directly, as OpenCV asks it to.
+            # OpenCV requests grey output from libjpeg, which returns the luma channel.
             image.draft("L", image.size)
         image.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:

@@ -9,9 +9,9 @@ MNIST is laid out:
    centres (edge pixels repeat outwards), rounded to uint8;
 3. the 20x20 image is centred on a black 28x28 canvas, with a 4-pixel border.
 
-The split is deterministic: in each class, a shuffle with a fixed seed puts 36 images
-in the test set and the rest in the training set, so the test set has 360 images
-(36 per class) and the training set 1437. Each set is then shuffled with a fixed
+The split is deterministic. In each class, a shuffle with a fixed seed puts 36 images
+in the test set and the rest in the training set. The test set thus has 360 images
+(36 per class), and the training set 1437. Each set is then shuffled with a fixed
 seed, because a Data layer reads records in key order. Keys are the record index
 written as ``%08d``, as Caffe's convert_mnist_data writes them.
 
