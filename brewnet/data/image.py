@@ -75,9 +75,9 @@ def read_image(path: str, color: bool, height: int = 0, width: int = 0) -> np.nd
 def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an H x W x C uint8 image with OpenCV's ``INTER_LINEAR`` arithmetic.
 
-    Output pixel centres map back with ``x_in = (x_out + 0.5) * scale - 0.5``; source
-    positions outside the image clamp to the edge; the two weights of each axis are
-    rounded to 11 bits, and the result is rounded once after both passes.
+    Output pixel centres map back with ``x_in = (x_out + 0.5) * scale - 0.5``, and
+    source positions outside the image clamp to the edge. The two weights of each
+    axis are rounded to 11 bits, and the result is rounded once after both passes.
     NOTE: written from OpenCV's scalar code path; its SIMD paths may round some
     pixels differently (by one grey level), and no OpenCV was at hand to compare.
     """

@@ -1,8 +1,8 @@
 """Background preparation of batches, as Caffe's prefetching data layers do.
 
 A :class:`Prefetcher` runs a loader function in a daemon thread and keeps up to
-``depth`` finished batches in a queue, so a net that consumes batches more slowly
-than the loader makes them never waits. An exception in the loader stops the thread
+``depth`` finished batches in a queue. A consumer waits only when the queue is empty,
+that is, when it takes batches faster than the loader makes them. An exception in the loader stops the thread
 and is raised again, as a :class:`~brewnet.errors.DataError` that names the data
 source, by the next :meth:`Prefetcher.next` call in the consuming thread.
 
@@ -132,7 +132,7 @@ class Prefetcher(Generic[Batch]):
 
 
 def _run(load, batches: queue.Queue, stop: threading.Event, on_close) -> None:
-    """The thread body: load batches until stopped or until ``load`` raises."""
+    """Load batches into the queue until stopped or until ``load`` raises."""
     try:
         while not stop.is_set():
             try:

@@ -1,9 +1,9 @@
 """Caffe's ``transform_param``: crop, mirror, mean subtraction and scaling.
 
 :class:`DataTransformer` follows Caffe's ``DataTransformer`` for one sample at a
-time, in Caffe's order: take the crop window, subtract the mean (a mean image at the
-crop window's position, or one value per channel), multiply by ``scale``, and
-flip horizontally when the sample is mirrored. Random choices are drawn per sample
+time. The steps run in Caffe's order: take the crop window, subtract the mean (a mean
+image at the crop window's position, or one value per channel), multiply by
+``scale``, and flip horizontally when the sample is mirrored. Random choices are drawn per sample
 in the same order as Caffe: the mirror coin first, then the crop row, then the crop
 column.
 
@@ -118,7 +118,7 @@ class DataTransformer:
     # Decoding and shapes.
 
     def datum_to_array(self, datum: caffe_pb2.Datum, source: str, key: bytes) -> np.ndarray:
-        """Return a Datum's sample as C x H x W, decoding images as ``force_*`` asks.
+        """Return a Datum's sample as C x H x W, decoding images as ``force_color`` and ``force_gray`` set.
 
         Raises:
             DataError: the record is invalid (see :func:`brewnet.data.datum.datum_to_array`).

@@ -148,6 +148,7 @@ class DataLayer(Layer):
             transformation_param(self.param, param), self.phase, rng,
             numpy_dtype(self.dtype), detached_error(self),
         )
+
         cursor = reader.cursor()
         try:
             if param.rand_skip:
@@ -161,6 +162,7 @@ class DataLayer(Layer):
             cursor.close()
             reader.close()
             raise
+
         batch = int(param.batch_size)
         self._top_shapes: list[Shape] = [(batch, *sample_shape)]
         if len(self.param.top) > 1:
