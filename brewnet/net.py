@@ -172,7 +172,8 @@ class Net:
                 f"{self._where('type', layer_param.type)}layer '{name}': {error}"
             ) from None
         layer = cls(layer_param, phase=self.phase, dtype=self.dtype, device=self.device)
-        layer.check_blob_counts(len(layer_param.bottom), len(layer_param.top))
+        auto_tops = _automatic_top_count(layer, len(layer_param.top))
+        layer.check_blob_counts(len(layer_param.bottom), len(layer_param.top) + auto_tops)
         logger.info("Creating Layer %s", name)
 
         # Bottoms: each must be a blob that an earlier layer produced.
@@ -228,6 +229,15 @@ class Net:
                 raise NetDefinitionError(f"layer '{name}': top '{top_name}' is listed twice")
             tops.append(blob)
             available[top_name] = blob
+        top_names = list(layer_param.top)
+        for _ in range(auto_tops):
+            # Caffe's unnamed loss top: weighted, but neither an output nor readable.
+            blob = Blob(AUTOMATIC_TOP, (), self.dtype, self.device)
+            self.blobs[AUTOMATIC_TOP] = blob
+            tops.append(blob)
+            top_names.append(AUTOMATIC_TOP)
+            first_writer.append(True)
+            logger.info("%s -> %s", name, AUTOMATIC_TOP)
         if layer.keeps_top_data:
             self.inputs.extend(layer_param.top)
 
@@ -235,20 +245,21 @@ class Net:
             layer=layer,
             bottoms=bottoms,
             tops=tops,
-            loss_weights=self._loss_weights(layer, layer_param),
+            loss_weights=self._loss_weights(layer, layer_param, len(tops)),
             bottom_need_backward=bottom_need_backward,
             first_writer=first_writer,
         )
         self.layers.append(layer)
         self.layer_dict[name] = layer
         self.bottom_names[name] = bottom_names
-        self.top_names[name] = list(layer_param.top)
+        self.top_names[name] = top_names
         self._steps.append(step)
         return step
 
-    def _loss_weights(self, layer: Layer, layer_param: caffe_pb2.LayerParameter) -> list[float]:
+    def _loss_weights(
+        self, layer: Layer, layer_param: caffe_pb2.LayerParameter, num_tops: int
+    ) -> list[float]:
         """Return one loss weight per top, by the rules of Caffe's loss specification."""
-        num_tops = len(layer_param.top)
         if layer_param.loss_weight:
             if len(layer_param.loss_weight) != num_tops:
                 raise NetDefinitionError(
@@ -285,12 +296,11 @@ class Net:
                 blob.reshape(shape)
             logger.info("Top shape: %s", shape_string(shape))
             weight = step.loss_weights[index]
+            # As in Caffe, the last layer that writes a blob sets its loss weight.
+            self._blob_loss_weights[blob.name] = weight
             if weight:
                 logger.info("    with loss weight %g", weight)
                 step.weighted.append(index)
-                self._blob_loss_weights[blob.name] = (
-                    self._blob_loss_weights.get(blob.name, 0.0) + weight
-                )
             memory += blob.count
         logger.info("Memory required for data: %d", memory * _itemsize(self.dtype))
         if layer.keeps_top_data:
@@ -729,6 +739,17 @@ class Net:
     def __repr__(self) -> str:
         phase = "TRAIN" if self.phase == TRAIN else "TEST"
         return f"<Net '{self.name}' {phase}, {len(self.layers)} layers>"
+
+
+AUTOMATIC_TOP = "(automatic)"
+
+
+def _automatic_top_count(layer: Layer, num_tops: int) -> int:
+    """Return how many unnamed tops Caffe adds to ``layer`` (loss layers with none)."""
+    if not getattr(layer, "auto_top_blobs", False):
+        return 0
+    needed = max(layer.min_top_blobs, layer.exact_num_top_blobs)
+    return max(0, needed - num_tops)
 
 
 def _parse_positional(args: tuple, phase: int | None, weights) -> tuple[int | None, object]:

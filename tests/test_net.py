@@ -562,3 +562,28 @@ def test_net_accepts_pycaffe_argument_forms(tmp_path):
 def test_invalid_phase_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="phase must be brewnet.TRAIN"):
         build(tmp_path, LINEAR, 7)
+
+
+def test_loss_layer_without_top_gets_automatic_top(tmp_path):
+    text = LINEAR.replace(' top: "loss" }', " }")
+    net = build(tmp_path, text)
+    assert net.top_names["loss"] == ["(automatic)"]
+    assert "(automatic)" not in net.outputs
+    feed(net, x=X, t=T)
+    net.forward()
+    assert net.loss == pytest.approx(0.3125)
+    net.backward()
+    np.testing.assert_allclose(net.params["ip"][0].diff, [[1.75, 0.0]], rtol=1e-6)
+
+
+def test_blob_loss_weight_comes_from_last_writer(tmp_path):
+    text = """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 } } }
+layer { name: "p" type: "Power" bottom: "x" top: "y" loss_weight: 3 }
+layer { name: "relu" type: "ReLU" bottom: "y" top: "y" }
+"""
+    net = build(tmp_path, text)
+    assert net.blob_loss_weights["y"] == 0.0
+    net.forward(x=np.array([-1.0, 2.0]))
+    # The weight still applies to the Power output, before the ReLU rewrites it.
+    assert net.loss == pytest.approx(3.0)
