@@ -136,12 +136,13 @@ def test_reference_mean_file_used_at_crop_position(monkeypatch):
 # ------------------------------------------------------------------ reading order
 def test_batches_follow_key_order_and_wrap(tmp_path, caplog):
     source = write_db(tmp_path / "db", uint8_records(5))
+    # The thread starts reading when the net is built, so capture from before that.
+    caplog.set_level(logging.INFO, logger="brewnet.data.db")
     net = data_net(tmp_path, source, batch_size=2)
-    with caplog.at_level(logging.INFO, logger="brewnet.data.db"):
-        labels = []
-        for _ in range(4):
-            net.forward()
-            labels.append(net.blobs["label"].data.tolist())
+    labels = []
+    for _ in range(4):
+        net.forward()
+        labels.append(net.blobs["label"].data.tolist())
     net.layers[0].close()
     assert labels == [[10, 11], [12, 13], [14, 10], [11, 12]]
     assert net.blobs["data"].data.shape == (2, 1, 2, 3)
@@ -931,3 +932,22 @@ def test_memory_data_errors(tmp_path):
         layer.set_input_arrays(np.zeros((4, 1, 2, 2)), np.zeros(4))
     with pytest.raises(ValueError, match=r"labels array has shape \(3, 2\)"):
         layer.set_input_arrays(np.zeros((3, 1, 2, 2)), np.zeros((3, 2)))
+
+
+def test_two_nets_share_one_database(tmp_path):
+    # The lmdb package opens a path once per process, so readers share it.
+    source = write_db(tmp_path / "db", uint8_records(3))
+    train = data_net(tmp_path, source, phase=brewnet.TRAIN)
+    test = data_net(tmp_path, source, phase=brewnet.TEST)
+    rebuilt = data_net(tmp_path, source)
+    for net in (train, test, rebuilt):
+        net.forward()
+        assert net.blobs["label"].data.tolist() == [10, 11]
+    train.layers[0].close()
+    test.forward()
+    assert test.blobs["label"].data.tolist() == [12, 10]
+    with pytest.raises(DataError, match="is open for reading in this process"):
+        LMDBWriter(source, overwrite=True)
+    test.layers[0].close()
+    rebuilt.layers[0].close()
+    LMDBWriter(source, overwrite=True).close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Iterable, Iterator
 
 import lmdb
@@ -29,6 +30,11 @@ LEVELDB_MESSAGE = (
 
 # Number of records per write transaction, as Caffe's convert tools commit.
 _COMMIT_EVERY = 1000
+
+# The lmdb package allows one open Environment per path and process, so readers of
+# one path (a TRAIN and a TEST net, or a net built twice) share it: path -> [env, users].
+_SHARED_ENVIRONMENTS: dict[str, list] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def resolve_source(source: str) -> str:
@@ -51,13 +57,9 @@ class LMDBReader:
     def __init__(self, path: str) -> None:
         self.path = path
         _check_lmdb_directory(path)
-        try:
-            self.env = lmdb.open(
-                path, readonly=True, lock=False, create=False, readahead=False,
-                max_readers=16,
-            )
-        except lmdb.Error as error:
-            raise DataError(f"cannot open LMDB database '{path}': {error}") from None
+        self._key = os.path.realpath(path)
+        self.env = _acquire_environment(self._key)
+        self._closed = False
         logger.info("Opened lmdb %s", path)
 
     def num_records(self) -> int:
@@ -90,8 +92,10 @@ class LMDBReader:
         return RecordCursor(self)
 
     def close(self) -> None:
-        """Close the environment; open cursors become invalid."""
-        self.env.close()
+        """Release the environment; it closes when its last reader is closed."""
+        if not self._closed:
+            self._closed = True
+            _release_environment(self._key)
 
 
 class RecordCursor:
@@ -150,6 +154,11 @@ class LMDBWriter:
 
     def __init__(self, path: str, overwrite: bool = False, map_size: int = 1 << 26) -> None:
         self.path = path
+        if os.path.realpath(path) in _SHARED_ENVIRONMENTS:
+            raise DataError(
+                f"LMDB database '{path}' is open for reading in this process; close "
+                f"the nets that read it (layer.close()) before writing it"
+            )
         if os.path.exists(os.path.join(path, "data.mdb")):
             if not overwrite:
                 raise DataError(
@@ -207,6 +216,34 @@ class LMDBWriter:
                 txn.abort()
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
         self._pending = []
+
+
+def _acquire_environment(path: str) -> lmdb.Environment:
+    """Return the shared read-only Environment of ``path``, opening it if needed."""
+    with _SHARED_LOCK:
+        entry = _SHARED_ENVIRONMENTS.get(path)
+        if entry is None:
+            try:
+                env = lmdb.open(
+                    path, readonly=True, lock=False, create=False, readahead=False,
+                    max_readers=126,
+                )
+            except lmdb.Error as error:
+                raise DataError(f"cannot open LMDB database '{path}': {error}") from None
+            entry = _SHARED_ENVIRONMENTS[path] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_environment(path: str) -> None:
+    with _SHARED_LOCK:
+        entry = _SHARED_ENVIRONMENTS.get(path)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _SHARED_ENVIRONMENTS[path]
+            entry[0].close()
 
 
 def _check_lmdb_directory(path: str) -> None:
