@@ -249,7 +249,7 @@ def test_same_seed_gives_same_random_batches(tmp_path):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_train_crop_and_mirror_are_windows_of_the_record(tmp_path):
+def test_train_crop_mirror_windows(tmp_path):
     sample = np.arange(30, dtype=np.uint8).reshape(1, 5, 6)
     source = write_db(tmp_path / "db", [array_to_datum(sample, 0).SerializeToString()])
     brewnet.set_random_seed(5)
