@@ -422,6 +422,9 @@ def max_pool2d(
     The first maximum in row-major order wins and receives the gradient. The mask
     contains ``h * W + w`` of that maximum, or -1 when no value exceeds -FLT_MAX (an
     empty window, or a window of -inf).
+
+    NOTE: a NaN in a window wins here (torch's max pooling propagates it), whereas
+    Caffe's comparisons skip NaN values.
     """
     height, width = x.shape[-2:]
     output_shape = pool_output_shape((height, width), kernel, stride, pad, ceil_mode)
@@ -496,6 +499,10 @@ def stochastic_pool2d(
     proportional to the value (torch's global generator supplies the draws), and the
     gradient goes to that value. In testing it outputs the weighted average
     ``sum(x * x) / sum(x)``, or 0 where the sum is not positive.
+
+    NOTE: Caffe runs this method only on the GPU, and its backward always routes the
+    gradient by the last training draw. In testing brewnet differentiates the
+    weighted average instead.
     """
     height, width = x.shape[-2:]
     output_shape = pool_output_shape((height, width), kernel, stride, (0, 0), ceil_mode)
