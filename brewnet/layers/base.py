@@ -113,7 +113,11 @@ class Layer:
 
         if filler is None:
             filler = caffe_pb2.FillerParameter()
-        return fill(filler, tuple(int(s) for s in shape), dtype=self.dtype).to(self.device)
+        try:
+            values = fill(filler, tuple(int(s) for s in shape), dtype=self.dtype)
+        except LayerSetupError as error:
+            raise self.error(str(error)) from None
+        return values.to(self.device)
 
     def check_blob_counts(self, num_bottom: int, num_top: int) -> None:
         """Raise when the layer has a number of bottoms or tops it does not accept."""
