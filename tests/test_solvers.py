@@ -252,7 +252,7 @@ def test_clip_gradients_below_threshold_does_nothing(tmp_path, monkeypatch, capl
     assert not any("Gradient clipping" in m for m in solver_messages(caplog))
 
 
-def test_iter_size_loss_is_mean_and_decay_not_divided(tmp_path, monkeypatch):
+def test_iter_size_decay_not_divided(tmp_path, monkeypatch):
     # weight_decay is added after the division by iter_size, so it is not divided.
     solver = make_solver(tmp_path, monkeypatch, "iter_size: 2\nweight_decay: 0.1\n")
     feed(solver.net, x=X, t=T)
@@ -308,7 +308,8 @@ def test_shared_weights_lr_mult_conflict(tmp_path, monkeypatch):
         )
     message = str(caught.value)
     assert "shared param 'w' has mismatched lr_mult" in message
-    assert "'ip1'" in message and "'ip2'" in message
+    assert "'ip1'" in message
+    assert "'ip2'" in message
 
 
 # ================================================ hand-computed momentum and decay
@@ -784,6 +785,15 @@ def test_solve_logs_in_caffe_order(tmp_path, monkeypatch, caplog):
     assert tail[-1] == "Optimization Done."
     assert (tmp_path / "snap_iter_4.caffemodel").exists()
     assert (tmp_path / "snap_iter_4.solverstate").exists()
+
+
+def test_setup_logs_loss_weights(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="brewnet")
+    make_solver(tmp_path, monkeypatch, net_text=SHARED % ("", ""))
+    messages = [r.getMessage() for r in caplog.records]
+    done = messages.index("Solver scaffolding done.")
+    weighted = [m for m in messages[:done] if "with loss weight" in m]
+    assert weighted == ["    with loss weight 1", "    with loss weight 2"]
 
 
 @pytest.mark.parametrize("stop_value", [SolverAction.STOP, "stop", 1])

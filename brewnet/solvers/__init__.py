@@ -75,7 +75,7 @@ def get_solver(
     source: str | None = None,
 ) -> Solver:
     """Build the solver that ``param`` (a solver prototxt path or a SolverParameter)
-    asks for.
+    requests with its ``type``.
 
     Raises:
         SolverError: the type is unknown or a solver field is invalid; the message

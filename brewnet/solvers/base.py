@@ -41,7 +41,7 @@ logger = logging.getLogger("brewnet.solver")
 
 
 class SolverAction(enum.IntEnum):
-    """What the solver does after an iteration, as Caffe's ``SolverAction``."""
+    """The action a solver takes after an iteration (Caffe's ``SolverAction``)."""
 
     NONE = 0
     STOP = 1
@@ -110,6 +110,7 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self._check_parameter()
+
         logger.info(
             "Initializing solver from parameters: \n%s",
             text_format.MessageToString(self.param),
@@ -120,6 +121,8 @@ class Solver:
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         logger.info("Solver scaffolding done.")
+
+        # Hooks, the display state and the update rule's history.
         self._callbacks: list[tuple[Callable | None, Callable | None]] = []
         self._iteration_callbacks: list[Callable[[int, float], None]] = []
         self._action_function: Callable[[], object] | None = None

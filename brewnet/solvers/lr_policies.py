@@ -14,7 +14,7 @@ poly       ``base_lr * (1 - iter / max_iter) ^ power``
 sigmoid    ``base_lr / (1 + exp(-gamma * (iter - stepsize)))``
 =========  =====================================================================
 
-Caffe holds the rate in single precision. With an integer exponent (step, exp,
+Caffe keeps the rate in single precision. With an integer exponent (step, exp,
 multistep) its ``pow`` runs in double precision and the product is rounded once; inv,
 poly and sigmoid run ``pow``/``exp`` and the product in single precision. The values
 here are rounded in the same places, so logged rates and updates agree with Caffe's.
@@ -43,9 +43,9 @@ def check_lr_policy(param: caffe_pb2.SolverParameter, source: str) -> None:
     """Raise SolverError when ``param``'s lr_policy or its settings are invalid."""
     policy = param.lr_policy
     if policy not in POLICIES:
-        shown = f"'{policy}'" if param.HasField("lr_policy") else "(none given)"
+        quoted = f"'{policy}'" if param.HasField("lr_policy") else "(none given)"
         raise SolverError(
-            f"{source}: unknown lr_policy {shown}; use one of {', '.join(POLICIES)}"
+            f"{source}: unknown lr_policy {quoted}; use one of {', '.join(POLICIES)}"
         )
     if policy in _NEEDS_STEPSIZE and param.stepsize <= 0:
         raise SolverError(

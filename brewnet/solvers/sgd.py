@@ -249,8 +249,9 @@ class AdaDeltaSolver(SGDSolver):
     """Zeiler's AdaDelta, with Caffe's use of the rate (Caffe's ``AdaDelta`` type).
 
     ``momentum`` is the decay of both running means and ``delta`` the guard added to
-    both; the step is multiplied by ``lr * lr_mult`` (set base_lr 1 for the paper's
-    method).
+    both. Unlike Zeiler's method ("ADADELTA: An Adaptive Learning Rate Method",
+    2012), the step is multiplied by ``lr * lr_mult``, so base_lr 1 gives the
+    paper's update.
     """
 
     type = "AdaDelta"

@@ -5,7 +5,7 @@ A solver state records the iteration, the path of the model written with it
 history blob per entry of the solver's history (momentum, squared gradients, ...).
 
 - ``.solverstate`` is a binary ``SolverState`` message.
-- ``.solverstate.h5`` holds the int32 datasets ``iter`` and ``current_step`` of shape
+- ``.solverstate.h5`` contains the int32 datasets ``iter`` and ``current_step`` of shape
   (1,), the scalar string ``learned_net`` and a group ``history`` with the datasets
   ``"0"``, ``"1"``, ... of each blob's shape.
 
@@ -139,7 +139,10 @@ def _read_string(handle, name: str) -> str:
 def _read_int(handle, name: str, path: str) -> int:
     values = np.asarray(handle[name][()]).reshape(-1)
     if values.size != 1:
-        raise ModelFileError(f"{path}: '{name}' holds {values.size} values, expected 1")
+        raise ModelFileError(
+            f"{path}: '{name}' has {values.size} values, expected 1; the file is not a "
+            f"Caffe HDF5 solver state"
+        )
     return int(values[0])
 
 
