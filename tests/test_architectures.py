@@ -82,7 +82,9 @@ def parameter_count(net: brewnet.Net, skip_type: str | None = None) -> int:
     )
 
 
-@pytest.fixture(scope="module", params=ARCHITECTURES, ids=lambda a: a.filename.split(".prototxt")[0])
+@pytest.fixture(
+    scope="module", params=ARCHITECTURES, ids=lambda a: a.filename.split(".prototxt")[0]
+)
 def built(request):
     arch = request.param
     net = brewnet.Net(str(MODELS / arch.filename), brewnet.TEST)
@@ -139,7 +141,9 @@ def test_caffemodel_round_trip(built, tmp_path):
     for original, copy in zip(net._layers, loaded._layers):
         assert original.name == copy.name
         for index, (left, right) in enumerate(zip(original.blobs, copy.blobs)):
-            assert torch.equal(left, right), f"{original.name}[{index}] differs after reload"
+            assert torch.equal(left, right), (
+                f"{original.name}[{index}] differs after reload"
+            )
     loaded.save(str(second))
     assert filecmp.cmp(first, second, shallow=False)
     if arch.small:
@@ -150,8 +154,15 @@ def test_caffemodel_round_trip(built, tmp_path):
 
 def test_alexnet_grouped_convolutions():
     net = brewnet.Net(str(MODELS / "alexnet.prototxt"), brewnet.TEST)
-    shapes = {name: tuple(net.params[name][0].data.shape) for name in ("conv2", "conv4", "conv5")}
-    assert shapes == {"conv2": (256, 48, 5, 5), "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}
+    shapes = {
+        name: tuple(net.params[name][0].data.shape)
+        for name in ("conv2", "conv4", "conv5")
+    }
+    assert shapes == {
+        "conv2": (256, 48, 5, 5),
+        "conv4": (384, 192, 3, 3),
+        "conv5": (256, 192, 3, 3),
+    }
     assert net.blobs["norm1"].shape == (1, 96, 55, 55)
     assert net.blobs["pool5"].shape == (1, 256, 6, 6)
 

@@ -12,7 +12,12 @@ import torch
 from google.protobuf import text_format
 
 import brewnet
-from brewnet.errors import ModelFileError, NetDefinitionError, PrototxtError, SolverError
+from brewnet.errors import (
+    ModelFileError,
+    NetDefinitionError,
+    PrototxtError,
+    SolverError,
+)
 from brewnet.io.legacy import (
     net_needs_upgrade,
     upgrade_file,
@@ -274,7 +279,11 @@ def legacy_blob(array: np.ndarray) -> caffe_pb2.BlobProto:
     """Return a BlobProto with the legacy 4 shape fields, as old Caffe wrote them."""
     shape = (1,) * (4 - array.ndim) + array.shape
     return caffe_pb2.BlobProto(
-        num=shape[0], channels=shape[1], height=shape[2], width=shape[3], data=array.ravel()
+        num=shape[0],
+        channels=shape[1],
+        height=shape[2],
+        width=shape[3],
+        data=array.ravel(),
     )
 
 
@@ -306,7 +315,9 @@ def test_v0_net_upgrade_field_by_field():
     net = upgraded(V0_NET)
     expected = parse(V0_NET_UPGRADED)
     assert not net.layers
-    assert [layer.name for layer in net.layer] == [layer.name for layer in expected.layer]
+    assert [layer.name for layer in net.layer] == [
+        layer.name for layer in expected.layer
+    ]
     for actual, wanted in zip(net.layer, expected.layer):
         assert actual == wanted, f"layer {actual.name}:\n{actual}\nexpected:\n{wanted}"
     assert net == expected
@@ -314,8 +325,10 @@ def test_v0_net_upgrade_field_by_field():
     assert [(p.lr_mult, p.decay_mult) for p in conv1.param] == [(1, 1), (2, 0)]
     assert list(conv1.convolution_param.kernel_size) == [3]
     assert list(conv1.convolution_param.stride) == [2]
-    assert net.layer[2].bottom == ["conv1"] and net.layer[2].pooling_param.pad == 1
-    assert net.layer[4].bottom == ["norm1"] and list(net.layer[4].convolution_param.pad) == [2]
+    assert net.layer[2].bottom == ["conv1"]
+    assert net.layer[2].pooling_param.pad == 1
+    assert net.layer[4].bottom == ["norm1"]
+    assert list(net.layer[4].convolution_param.pad) == [2]
 
 
 def test_v0_data_fields_upgrade():
@@ -326,8 +339,13 @@ def test_v0_data_fields_upgrade():
 def test_v0_net_builds_and_runs(tmp_path):
     path = tmp_path / "v0.prototxt"
     path.write_text(V0_NET, encoding="utf-8")
-    with pytest.warns(DeprecationWarning, match="V0 layer format"):
+    with pytest.warns(DeprecationWarning) as record:
         net = brewnet.Net(str(path), brewnet.TEST)
+    messages = [str(warning.message) for warning in record]
+    assert any("uses the V0 layer format" in message for message in messages)
+    assert any(
+        "net-level input fields are deprecated" in message for message in messages
+    )
     assert [layer.name for layer in net._layers] == [
         "input", "conv1", "relu1", "pool1", "norm1", "conv2", "fc", "drop", "prob",
     ]  # fmt: skip
@@ -341,11 +359,16 @@ def test_v0_net_builds_and_runs(tmp_path):
 
 
 def test_v0_field_for_wrong_type_is_dropped(caplog):
-    text = 'layers { layer { name: "r" type: "relu" num_output: 3 } bottom: "x" top: "r" }'
+    text = (
+        'layers { layer { name: "r" type: "relu" num_output: 3 } bottom: "x" top: "r" }'
+    )
     text = 'input: "x" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1\n' + text
     with caplog.at_level(logging.WARNING, logger="brewnet.io.legacy"):
         net = upgraded(text)
-    assert "V0 layer 'r': field 'num_output' does not apply to type 'relu'; dropped" in caplog.text
+    assert (
+        "V0 layer 'r': field 'num_output' does not apply to type 'relu'; dropped"
+        in caplog.text
+    )
     assert net.layer[0].type == "ReLU"
     assert not net.layer[0].HasField("inner_product_param")
 
@@ -355,13 +378,13 @@ def test_v0_field_for_wrong_type_is_dropped(caplog):
     [
         ('layers { layer { name: "q" type: "quantum" } top: "q" }',
          "V0 layer 'q' has unknown type 'quantum'; known V0 types: accuracy, bnll"),
-        ('input: "x" layers { layer { name: "p" type: "padding" pad: 1 } bottom: "x" top: "p" }'
-         'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }',
+        (('input: "x" layers { layer { name: "p" type: "padding" pad: 1 } bottom: "x" top: "p" }'
+          'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }'),
          "padding layer 'p' feeds layer 'r' of type 'relu'"),
         ('layers { layer { name: "c" type: "conv" } bottom: "nowhere" top: "c" }',
          "V0 layer 'c' reads unknown blob 'nowhere'"),
-        ('input: "x" input: "y" layers { layer { name: "p" type: "padding" } bottom: "x" top: "p" }'
-         'layers { layer { name: "c" type: "conv" } bottom: "p" bottom: "y" top: "c" }',
+        (('input: "x" input: "y" layers { layer { name: "p" type: "padding" } bottom: "x" top: "p" }'
+          'layers { layer { name: "c" type: "conv" } bottom: "p" bottom: "y" top: "c" }'),
          "layer 'c' reads padding layer 'p' but has 2 bottoms"),
     ],
 )  # fmt: skip
@@ -384,16 +407,20 @@ def test_v1_net_upgrade_field_by_field():
         assert actual == wanted, f"layer {actual.name}:\n{actual}\nexpected:\n{wanted}"
     assert net == expected
     data = net.layer[0]
-    assert not data.data_param.HasField("scale") and not data.data_param.HasField("mirror")
+    assert not data.data_param.HasField("scale")
+    assert not data.data_param.HasField("mirror")
     assert data.transform_param.scale == pytest.approx(0.00390625)
     assert [spec.name for spec in net.layer[1].param] == ["conv_w", "conv_b"]
     assert net.layer[1].param[1].share_mode == caffe_pb2.ParamSpec.PERMISSIVE
-    assert net.layer[3].blobs[0].width == 3 and list(net.layer[3].blobs[0].data) == [0.5, -1, 2]
+    assert net.layer[3].blobs[0].width == 3
+    assert list(net.layer[3].blobs[0].data) == [0.5, -1, 2]
 
 
 def test_v1_deprecation_warning_names_file():
     net = parse(V1_DEPLOY)
-    with pytest.warns(DeprecationWarning, match=r"deploy.prototxt: the net uses the V1 layer format"):
+    with pytest.warns(
+        DeprecationWarning, match=r"deploy.prototxt: the net uses the V1 layer format"
+    ):
         upgrade_legacy_layers(net, "deploy.prototxt")
 
 
@@ -416,17 +443,22 @@ def test_mixed_layer_and_layers_error():
     net = parse('layer { name: "a" type: "ReLU" } layers { name: "b" type: RELU }')
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        with pytest.raises(NetDefinitionError, match="both 'layer' entries and legacy 'layers'"):
+        with pytest.raises(
+            NetDefinitionError, match="both 'layer' entries and legacy 'layers'"
+        ):
             upgrade_legacy_layers(net, "mixed.prototxt")
 
 
 def test_current_net_is_left_unchanged():
-    text = CURRENT_DEPLOY + """
+    text = (
+        CURRENT_DEPLOY
+        + """
     layer { name: "bn" type: "BatchNorm" bottom: "ip" top: "ip"
       param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }
     layer { name: "d" type: "Data" top: "d" transform_param { scale: 2 }
       data_param { source: "db" batch_size: 1 } }
     """
+    )
     net = parse(text)
     original = parse(text)
     assert not net_needs_upgrade(net)
@@ -443,10 +475,16 @@ def test_batch_norm_learning_rates_set_to_zero():
       param { name: "m" lr_mult: 1 } param { lr_mult: 1 decay_mult: 2 } param {} }
     layer { name: "bn2" type: "BatchNorm" bottom: "x" top: "x" param { lr_mult: 1 } }
     """)
-    with pytest.warns(DeprecationWarning, match="BatchNorm layers declare three learnable params"):
+    with pytest.warns(
+        DeprecationWarning, match="BatchNorm layers declare three learnable params"
+    ):
         upgrade_legacy_layers(net, "bn.prototxt")
     specs = net.layer[0].param
-    assert [(s.name, s.lr_mult, s.decay_mult) for s in specs] == [("m", 0, 0), ("", 0, 0), ("", 0, 0)]
+    assert [(s.name, s.lr_mult, s.decay_mult) for s in specs] == [
+        ("m", 0, 0),
+        ("", 0, 0),
+        ("", 0, 0),
+    ]
     assert net.layer[1].param[0].lr_mult == 1  # only a 3-param BatchNorm is upgraded
 
 
@@ -460,7 +498,8 @@ def test_data_fields_of_current_layer_move():
         upgrade_legacy_layers(net, "img.prototxt")
     layer = net.layer[0]
     assert layer.transform_param == text_format.Parse(
-        "scale: 0.5 crop_size: 4 mirror: true mean_value: 10", caffe_pb2.TransformationParameter()
+        "scale: 0.5 crop_size: 4 mirror: true mean_value: 10",
+        caffe_pb2.TransformationParameter(),
     )
     assert not layer.image_data_param.HasField("scale")
     assert layer.image_data_param.source == "list"
@@ -472,7 +511,9 @@ def test_data_fields_of_current_layer_move():
      ("RMSPROP", "RMSProp"), ("ADADELTA", "AdaDelta"), ("ADAM", "Adam")],
 )  # fmt: skip
 def test_solver_type_upgrade(name, expected):
-    solver = text_format.Parse(f"base_lr: 0.1 solver_type: {name}", caffe_pb2.SolverParameter())
+    solver = text_format.Parse(
+        f"base_lr: 0.1 solver_type: {name}", caffe_pb2.SolverParameter()
+    )
     with pytest.warns(DeprecationWarning, match=f"'solver_type: {name}' is deprecated"):
         result = upgrade_solver(solver, "solver.prototxt")
     assert result is solver
@@ -481,14 +522,17 @@ def test_solver_type_upgrade(name, expected):
 
 
 def test_solver_upgrade_errors_and_no_op():
-    both = text_format.Parse('solver_type: ADAM type: "Adam"', caffe_pb2.SolverParameter())
+    both = text_format.Parse(
+        'solver_type: ADAM type: "Adam"', caffe_pb2.SolverParameter()
+    )
     with pytest.raises(SolverError, match="solver.prototxt: both 'solver_type'"):
         upgrade_solver(both, "solver.prototxt")
     current = text_format.Parse('type: "RMSProp"', caffe_pb2.SolverParameter())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         upgrade_solver(current)
-    assert current.type == "RMSProp" and not current.HasField("solver_type")
+    assert current.type == "RMSProp"
+    assert not current.HasField("solver_type")
 
 
 # ============================================================================ binary models
@@ -549,16 +593,26 @@ def test_upgrade_file_binary_inputs(tmp_path):
     shapeless.write_bytes(model.SerializeToString())
     with pytest.warns(DeprecationWarning):
         upgrade_file(shapeless, tmp_path / "out1.caffemodel")
-    result = caffe_pb2.NetParameter.FromString((tmp_path / "out1.caffemodel").read_bytes())
-    assert not result.input and [layer.name for layer in result.layer] == ["conv", "relu", "ip"]
+    result = caffe_pb2.NetParameter.FromString(
+        (tmp_path / "out1.caffemodel").read_bytes()
+    )
+    assert not result.input
+    assert [layer.name for layer in result.layer] == ["conv", "relu", "ip"]
 
     model.input_dim.extend([2, 1, 5, 5])
     shaped = tmp_path / "shaped.caffemodel"
     shaped.write_bytes(model.SerializeToString())
     with pytest.warns(DeprecationWarning):
         upgrade_file(shaped, tmp_path / "out2.caffemodel")
-    result = caffe_pb2.NetParameter.FromString((tmp_path / "out2.caffemodel").read_bytes())
-    assert [layer.type for layer in result.layer] == ["Input", "Convolution", "ReLU", "InnerProduct"]
+    result = caffe_pb2.NetParameter.FromString(
+        (tmp_path / "out2.caffemodel").read_bytes()
+    )
+    assert [layer.type for layer in result.layer] == [
+        "Input",
+        "Convolution",
+        "ReLU",
+        "InnerProduct",
+    ]
     assert list(result.layer[0].input_param.shape[0].dim) == [2, 1, 5, 5]
     assert not result.layer[0].blobs
     assert list(result.layer[1].blobs) == list(model.layers[0].blobs)
@@ -575,7 +629,8 @@ def test_upgrade_file_text(tmp_path):
     with pytest.warns(DeprecationWarning):
         upgrade_net(expected, "expected")
     assert written == expected
-    assert written.layer[0].type == "Input" and not written.input
+    assert written.layer[0].type == "Input"
+    assert not written.input
 
 
 def test_upgrade_file_solver(tmp_path):
@@ -588,10 +643,14 @@ def test_upgrade_file_solver(tmp_path):
     target = tmp_path / "solver_new.prototxt"
     with pytest.warns(DeprecationWarning):
         assert upgrade_file(source, target) == "solver"
-    solver = text_format.Parse(target.read_text(encoding="utf-8"), caffe_pb2.SolverParameter())
-    assert solver.type == "Nesterov" and not solver.HasField("solver_type")
+    solver = text_format.Parse(
+        target.read_text(encoding="utf-8"), caffe_pb2.SolverParameter()
+    )
+    assert solver.type == "Nesterov"
+    assert not solver.HasField("solver_type")
     assert solver.base_lr == pytest.approx(0.01)
-    assert solver.net_param.layer[0].type == "ReLU" and not solver.net_param.layers
+    assert solver.net_param.layer[0].type == "ReLU"
+    assert not solver.net_param.layers
 
 
 def test_upgrade_file_errors(tmp_path):
@@ -616,9 +675,13 @@ def test_upgraded_blob_shapes_survive_a_save(tmp_path):
     with pytest.warns(DeprecationWarning):
         net.copy_from(str(source))
     net.save(str(tmp_path / "saved.caffemodel"))
-    saved = caffe_pb2.NetParameter.FromString((tmp_path / "saved.caffemodel").read_bytes())
+    saved = caffe_pb2.NetParameter.FromString(
+        (tmp_path / "saved.caffemodel").read_bytes()
+    )
     conv = next(layer for layer in saved.layer if layer.name == "conv")
-    assert list(conv.blobs[1].shape.dim) == [2] and not conv.blobs[1].HasField("num")
+    assert list(conv.blobs[1].shape.dim) == [2]
+    assert not conv.blobs[1].HasField("num")
     assert torch.equal(
-        torch.from_numpy(np.array(conv.blobs[0].data, dtype=np.float32)), torch.from_numpy(CONV_WEIGHT.ravel())
+        torch.from_numpy(np.array(conv.blobs[0].data, dtype=np.float32)),
+        torch.from_numpy(CONV_WEIGHT.ravel()),
     )

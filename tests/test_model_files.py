@@ -10,10 +10,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from reference_case import REFERENCE, assert_close
 
 import brewnet
 from brewnet.errors import ModelFileError
-from brewnet.io import wire
+from brewnet.io import model, wire
 from brewnet.io.hdf5 import save_hdf5
 from brewnet.io.mean import read_mean_file, write_mean_file
 from brewnet.io.model import (
@@ -29,7 +30,6 @@ from brewnet.io.model import (
     shape_equals,
 )
 from brewnet.proto import caffe_pb2
-from reference_case import REFERENCE, assert_close
 
 CAFFEMODEL_CASES = sorted(
     f"{path.parent.parent.name}/{path.parent.name}"
@@ -37,8 +37,8 @@ CAFFEMODEL_CASES = sorted(
 )
 
 # In this case the input gradient is 0 up to float32 rounding, so Caffe's diff of x
-# is noise, and it is compared against 1e-6 times the largest diff of y instead of
-# with assert_close (whose absolute floor, 1e-7, is below the noise).
+# is noise. It is compared against 1e-6 times the largest diff of y, because the
+# absolute floor of assert_close (1e-7) is below that noise.
 NEAR_ZERO_GRADIENT_CASES = {"layers/batchnorm_train"}
 
 SMALL_NET = """
@@ -82,12 +82,16 @@ def randomize(net: brewnet.Net, seed: int) -> None:
     with torch.no_grad():
         for layer in net._layers:
             for tensor in layer.blobs:
-                values = torch.randn(tuple(tensor.shape), generator=generator, dtype=torch.float64)
+                values = torch.randn(
+                    tuple(tensor.shape), generator=generator, dtype=torch.float64
+                )
                 tensor.copy_(values.to(tensor.dtype))
 
 
 def small_net(folder: Path, seed: int = 0, dtype=torch.float32) -> brewnet.Net:
-    net = brewnet.Net(write_net(folder, SMALL_NET, "small.prototxt"), brewnet.TRAIN, dtype=dtype)
+    net = brewnet.Net(
+        write_net(folder, SMALL_NET, "small.prototxt"), brewnet.TRAIN, dtype=dtype
+    )
     randomize(net, seed)
     return net
 
@@ -113,13 +117,17 @@ def write_proto(path: Path, proto) -> str:
     return str(path)
 
 
-def ip_net(folder: Path, outputs: int = 3, inputs: int = 4, name: str = "ip") -> brewnet.Net:
+def ip_net(
+    folder: Path, outputs: int = 3, inputs: int = 4, name: str = "ip"
+) -> brewnet.Net:
     text = f"""
     layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: {inputs} }} }} }}
     layer {{ name: "{name}" type: "InnerProduct" bottom: "data" top: "out"
       inner_product_param {{ num_output: {outputs} }} }}
     """
-    return brewnet.Net(write_net(folder, text, f"{name}_{outputs}_{inputs}.prototxt"), brewnet.TEST)
+    return brewnet.Net(
+        write_net(folder, text, f"{name}_{outputs}_{inputs}.prototxt"), brewnet.TEST
+    )
 
 
 # ============================================================================ Caffe's files
@@ -153,14 +161,22 @@ def test_reference_weights_load_and_run(case):
         if case in NEAR_ZERO_GRADIENT_CASES and key == "diff/x":
             floor = 1e-6 * float(np.max(np.abs(data["diff/y"])))
             error = float(np.max(np.abs(net.blobs["x"].diff - data[key])))
-            assert error <= floor, f"{case}: diff of x is off by {error:.3g} > {floor:.3g}"
+            assert error <= floor, (
+                f"{case}: diff of x is off by {error:.3g} > {floor:.3g}"
+            )
         elif parts[0] == "data":
-            assert_close(net.blobs[parts[1]].data, data[key], f"{case}: data of {parts[1]}")
+            assert_close(
+                net.blobs[parts[1]].data, data[key], f"{case}: data of {parts[1]}"
+            )
         elif parts[0] == "diff":
-            assert_close(net.blobs[parts[1]].diff, data[key], f"{case}: diff of {parts[1]}")
+            assert_close(
+                net.blobs[parts[1]].diff, data[key], f"{case}: diff of {parts[1]}"
+            )
         elif parts[0] == "param_diff":
             param = net.params[parts[1]][int(parts[2])]
-            assert_close(param.diff, data[key], f"{case}: param diff {parts[1]}[{parts[2]}]")
+            assert_close(
+                param.diff, data[key], f"{case}: param diff {parts[1]}[{parts[2]}]"
+            )
         elif parts[0] == "loss":
             assert_close(np.array(net.loss), data[key], f"{case}: loss")
         else:
@@ -184,7 +200,9 @@ def test_reference_weights_scan_without_a_net():
 
 def test_zero_axis_blob_from_caffe():
     # Caffe writes PReLU's shared slope (a blob without axes) without a shape field.
-    proto = read_caffemodel(REFERENCE / "layers" / "prelu_shared" / "weights.caffemodel")
+    proto = read_caffemodel(
+        REFERENCE / "layers" / "prelu_shared" / "weights.caffemodel"
+    )
     blob = proto.layer[1].blobs[0]
     assert not blob.HasField("shape")
     assert blob_proto_shape(blob) == ()
@@ -205,18 +223,23 @@ def test_saved_layout_is_caffes(tmp_path):
     net.save(str(path))
     proto = caffe_pb2.NetParameter.FromString(path.read_bytes())
     assert proto.name == "small"
-    assert not proto.input and not proto.layers
+    assert not proto.input
+    assert not proto.layers
     assert [layer.name for layer in proto.layer] == [
         "data", "conv1", "bn1", "scale1", "relu1", "ip1", "ip2", "prelu",
     ]  # fmt: skip
     for layer in proto.layer:
-        assert layer.HasField("phase") and layer.phase == caffe_pb2.TRAIN, layer.name
+        assert layer.HasField("phase"), layer.name
+        assert layer.phase == caffe_pb2.TRAIN, layer.name
         expected = SMALL_SHAPES.get(layer.name, [])
         assert [blob_proto_shape(b) for b in layer.blobs] == expected, layer.name
     conv_weight = proto.layer[1].blobs[0]
     assert len(conv_weight.data) == 108
-    assert not conv_weight.HasField("num") and not conv_weight.diff
-    assert np.array_equal(blob_proto_to_array(conv_weight), params_of(net)[("conv1", 0)])
+    assert not conv_weight.HasField("num")
+    assert not conv_weight.diff
+    assert np.array_equal(
+        blob_proto_to_array(conv_weight), params_of(net)[("conv1", 0)]
+    )
     # A shared blob is written under every layer that uses it, as Caffe's ToProto does.
     assert proto.layer[6].blobs[0] == proto.layer[5].blobs[0]
     assert not proto.layer[7].blobs[0].HasField("shape")
@@ -236,7 +259,9 @@ def test_caffemodel_round_trip_bit_exact(tmp_path):
 def test_weights_argument_loads_at_construction(tmp_path):
     net = small_net(tmp_path, seed=3)
     net.save(str(tmp_path / "w.caffemodel"))
-    built = brewnet.Net(str(tmp_path / "small.prototxt"), str(tmp_path / "w.caffemodel"), brewnet.TEST)
+    built = brewnet.Net(
+        str(tmp_path / "small.prototxt"), str(tmp_path / "w.caffemodel"), brewnet.TEST
+    )
     assert np.array_equal(built.params["conv1"][0].data, net.params["conv1"][0].data)
 
 
@@ -264,7 +289,8 @@ def test_float64_net_writes_double_data(tmp_path):
     path = tmp_path / "double.caffemodel"
     net.save(str(path))
     blob = read_caffemodel(path).layer[1].blobs[0]
-    assert len(blob.double_data) == 108 and not blob.data
+    assert len(blob.double_data) == 108
+    assert not blob.data
     loaded = small_net(tmp_path, seed=8, dtype=torch.float64)
     loaded.copy_from(str(path))
     assert_same_params(net, loaded)
@@ -280,7 +306,9 @@ def test_copy_by_name_between_nets(tmp_path, caplog):
         'param { name: "shared_w" } inner_product_param { num_output: 5 } }\nlayer { name: "prelu"',
         'inner_product_param { num_output: 5 } }\nlayer { name: "prelu"',
     )
-    target = brewnet.Net(write_net(tmp_path, other_text, "other.prototxt"), brewnet.TEST)
+    target = brewnet.Net(
+        write_net(tmp_path, other_text, "other.prototxt"), brewnet.TEST
+    )
     randomize(target, 10)
     untouched = target.params["ip_new"][0].data.copy()
     path = tmp_path / "source.caffemodel"
@@ -291,13 +319,44 @@ def test_copy_by_name_between_nets(tmp_path, caplog):
     assert "Copying source layer conv1" in caplog.text
     for name in ("conv1", "bn1", "scale1", "ip1", "prelu"):
         for index, param in enumerate(target.params[name]):
-            assert np.array_equal(param.data, source.params[name][index].data), (name, index)
+            assert np.array_equal(param.data, source.params[name][index].data), (
+                name,
+                index,
+            )
     assert np.array_equal(target.params["ip_new"][0].data, untouched)
 
     randomize(target, 11)
     copy_layers_from_net(target, source)
     assert np.array_equal(target.params["ip1"][0].data, source.params["ip1"][0].data)
     assert not np.array_equal(target.params["ip_new"][0].data, untouched)
+
+
+def test_copy_between_nets_shape_error(tmp_path):
+    source = ip_net(tmp_path, outputs=3, inputs=5)
+    target = ip_net(tmp_path, outputs=3, inputs=4)
+    with pytest.raises(
+        ModelFileError,
+        match=r"the source net has 3 5 \(15\) and the net expects 3 4 \(12\)",
+    ):
+        copy_layers_from_net(target, source)
+
+
+def test_repeated_layer_name_loads_first(tmp_path):
+    # Caffe's binary loader copies into the first layer with the file layer's name.
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 3 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "b" inner_product_param { num_output: 3 } }
+    """
+    net = brewnet.Net(write_net(tmp_path, text, "twice.prototxt"), brewnet.TEST)
+    source = ip_net(tmp_path)
+    randomize(source, 20)
+    path = tmp_path / "ip.caffemodel"
+    source.save(str(path))
+    net.copy_from(str(path))
+    first, second = [layer for layer in net._layers if layer.name == "ip"]
+    assert torch.equal(first.blobs[0], source._layer_dict["ip"].blobs[0])
+    assert not second.blobs[0].any()
 
 
 def test_copy_from_proto_messages(tmp_path):
@@ -316,13 +375,36 @@ def test_unpacked_float_encoding_loads(tmp_path):
     layer = caffe_pb2.LayerParameter(name="ip", type="InnerProduct").SerializeToString()
     for values in (weight, bias):
         shape = wire.encode_shape_field(values.shape)
-        floats = b"".join(wire.encode_key(5, wire.FIXED32) + v.tobytes() for v in values.ravel())
+        floats = b"".join(
+            wire.encode_key(5, wire.FIXED32) + v.tobytes() for v in values.ravel()
+        )
         layer += wire.length_prefix(7, len(shape) + len(floats)) + floats + shape
     path = tmp_path / "unpacked.caffemodel"
     path.write_bytes(wire.length_prefix(100, len(layer)) + layer)
     net.copy_from(str(path))
     assert np.array_equal(net.params["ip"][0].data, weight)
     assert np.array_equal(net.params["ip"][1].data, bias)
+
+
+def test_fill_through_staging_buffer():
+    # Tensors that cannot take the bytes directly (not contiguous, another dtype,
+    # or on a GPU) are filled through a staging array.
+    raw = array_to_blob_proto(
+        np.arange(6, dtype=np.float32).reshape(2, 3)
+    ).SerializeToString()
+    record = wire.scan_blob(
+        raw,
+        0,
+        len(raw),
+        len(raw),
+        wire.expected_wire_types(caffe_pb2.BlobProto.DESCRIPTOR),
+    )
+    transposed = torch.zeros(3, 2).t()
+    model._fill_tensor(transposed, record.data_values(), raw, None)
+    assert transposed.tolist() == [[0, 1, 2], [3, 4, 5]]
+    half = torch.zeros(2, 3, dtype=torch.float16)
+    model._fill_tensor(half, record.data_values(), raw, None)
+    assert half.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_array_blob_proto_round_trip():
@@ -332,14 +414,17 @@ def test_array_blob_proto_round_trip():
     assert np.array_equal(blob_proto_to_array(proto), array)
     assert np.array_equal(blob_proto_to_array(proto, diff=True), array * 2)
     double = array_to_blob_proto(array.astype(np.float64), double=True)
-    assert len(double.double_data) == 24 and not double.data
+    assert len(double.double_data) == 24
+    assert not double.data
     assert blob_proto_to_array(double).dtype == np.float64
 
 
 def test_blob_proto_value_count_error():
     proto = caffe_pb2.BlobProto(data=[1.0, 2.0, 3.0])
     proto.shape.dim.extend([2, 2])
-    with pytest.raises(ModelFileError, match=r"holds 3 data values but its shape 2 2 \(4\) needs 4"):
+    with pytest.raises(
+        ModelFileError, match=r"has 3 data values but its shape 2 2 \(4\) needs 4"
+    ):
         blob_proto_to_array(proto)
 
 
@@ -349,7 +434,9 @@ def legacy_record(num, channels, height, width, shape=None) -> wire.BlobRecord:
     if shape is not None:
         proto.shape.dim.extend(shape)
     raw = proto.SerializeToString()
-    return wire.scan_blob(raw, 0, len(raw), len(raw), wire.expected_wire_types(proto.DESCRIPTOR))
+    return wire.scan_blob(
+        raw, 0, len(raw), len(raw), wire.expected_wire_types(proto.DESCRIPTOR)
+    )
 
 
 def test_shape_equals_legacy_rules():
@@ -369,7 +456,9 @@ def test_legacy_shaped_blobs_load(tmp_path):
     layer = caffe_pb2.LayerParameter(name="ip", type="InnerProduct")
     layer.blobs.add(num=1, channels=1, height=3, width=4, data=weight.ravel())
     layer.blobs.add(num=1, channels=1, height=1, width=3, data=bias)
-    path = write_proto(tmp_path / "legacy.caffemodel", caffe_pb2.NetParameter(layer=[layer]))
+    path = write_proto(
+        tmp_path / "legacy.caffemodel", caffe_pb2.NetParameter(layer=[layer])
+    )
     net.copy_from(path)
     assert np.array_equal(net.params["ip"][0].data, weight)
     assert np.array_equal(net.params["ip"][1].data, bias)
@@ -380,12 +469,16 @@ def test_legacy_shape_mismatch_names_both_shapes(tmp_path):
     layer = caffe_pb2.LayerParameter(name="ip", type="InnerProduct")
     layer.blobs.add(num=3, channels=4, height=1, width=1, data=np.zeros(12))
     layer.blobs.add(num=1, channels=1, height=1, width=3, data=np.zeros(3))
-    path = write_proto(tmp_path / "legacy.caffemodel", caffe_pb2.NetParameter(layer=[layer]))
+    path = write_proto(
+        tmp_path / "legacy.caffemodel", caffe_pb2.NetParameter(layer=[layer])
+    )
     with pytest.raises(ModelFileError) as error:
         net.copy_from(path)
     message = str(error.value)
-    assert path in message and "layer 'ip'" in message
-    assert "3 4 1 1 (12)" in message and "3 4 (12)" in message
+    assert path in message
+    assert "layer 'ip'" in message
+    assert "3 4 1 1 (12)" in message
+    assert "3 4 (12)" in message
 
 
 # ============================================================================ errors
@@ -406,8 +499,12 @@ def test_blob_count_error(tmp_path):
     net = ip_net(tmp_path)
     layer = caffe_pb2.LayerParameter(name="ip", type="InnerProduct")
     layer.blobs.append(array_to_blob_proto(np.zeros((3, 4), dtype=np.float32)))
-    path = write_proto(tmp_path / "one_blob.caffemodel", caffe_pb2.NetParameter(layer=[layer]))
-    with pytest.raises(ModelFileError, match="layer 'ip' has 1 blobs in the file but 2 in the net"):
+    path = write_proto(
+        tmp_path / "one_blob.caffemodel", caffe_pb2.NetParameter(layer=[layer])
+    )
+    with pytest.raises(
+        ModelFileError, match="layer 'ip' has 1 blobs in the file but 2 in the net"
+    ):
         net.copy_from(path)
 
 
@@ -417,8 +514,12 @@ def test_value_count_error(tmp_path):
     weight = layer.blobs.add(data=np.zeros(11))
     weight.shape.dim.extend([3, 4])
     layer.blobs.append(array_to_blob_proto(np.zeros(3, dtype=np.float32)))
-    path = write_proto(tmp_path / "short.caffemodel", caffe_pb2.NetParameter(layer=[layer]))
-    with pytest.raises(ModelFileError, match=r"blob 0 of layer 'ip' holds 11 data values .* needs 12"):
+    path = write_proto(
+        tmp_path / "short.caffemodel", caffe_pb2.NetParameter(layer=[layer])
+    )
+    with pytest.raises(
+        ModelFileError, match=r"blob 0 of layer 'ip' has 11 data values .* needs 12"
+    ):
         net.copy_from(path)
 
 
@@ -426,7 +527,9 @@ def test_failed_load_leaves_net_unchanged(tmp_path):
     net = small_net(tmp_path, seed=14)
     before = params_of(net)
     proto = net_to_proto(small_net(tmp_path, seed=15))
-    proto.layer[-1].blobs[0].shape.dim.append(2)  # prelu, the last layer, now mismatches
+    proto.layer[-1].blobs[0].shape.dim.append(
+        2
+    )  # prelu, the last layer, now mismatches
     path = write_proto(tmp_path / "bad.caffemodel", proto)
     with pytest.raises(ModelFileError, match="layer 'prelu'"):
         net.copy_from(path)
@@ -444,13 +547,15 @@ def test_truncated_file_error(tmp_path):
         net.copy_from(str(path))
     assert str(path) in str(error.value)
     assert "truncated" in str(error.value)
-    assert f"it holds {len(raw) // 2} bytes" in str(error.value)
+    assert f"the file has {len(raw) // 2} bytes" in str(error.value)
 
 
 def test_text_file_is_not_a_netparameter(tmp_path):
     net = ip_net(tmp_path)
     path = tmp_path / "net.caffemodel"
-    path.write_text('name: "x"\nlayer { name: "ip" type: "InnerProduct" }\n', encoding="utf-8")
+    path.write_text(
+        'name: "x"\nlayer { name: "ip" type: "InnerProduct" }\n', encoding="utf-8"
+    )
     with pytest.raises(ModelFileError) as error:
         net.copy_from(str(path))
     message = str(error.value)
@@ -471,7 +576,9 @@ def test_other_binary_file_is_not_a_netparameter(tmp_path):
         net.copy_from(str(hdf5_path))
     noise_path = tmp_path / "noise.caffemodel"
     noise_path.write_bytes(bytes([0x07]) * 64)
-    with pytest.raises(ModelFileError, match="noise.caffemodel: not a binary NetParameter"):
+    with pytest.raises(
+        ModelFileError, match="noise.caffemodel: not a binary NetParameter"
+    ):
         net.copy_from(str(noise_path))
 
 
@@ -482,13 +589,15 @@ def test_empty_and_layerless_files(tmp_path):
     with pytest.raises(ModelFileError, match="empty.caffemodel: the file is empty"):
         net.copy_from(str(empty))
     named = write_proto(tmp_path / "named.caffemodel", caffe_pb2.NetParameter(name="n"))
-    with pytest.raises(ModelFileError, match="holds no layers"):
+    with pytest.raises(ModelFileError, match="has no layers"):
         net.copy_from(named)
 
 
 def test_missing_model_file(tmp_path):
     net = ip_net(tmp_path)
-    with pytest.raises(FileNotFoundError, match="model file not found: .*absent.caffemodel"):
+    with pytest.raises(
+        FileNotFoundError, match="model file not found: .*absent.caffemodel"
+    ):
         net.copy_from(str(tmp_path / "absent.caffemodel"))
 
 
@@ -497,7 +606,9 @@ def test_mixed_layer_formats_error(tmp_path):
     proto.layer.add(name="ip", type="InnerProduct")
     proto.layers.add(name="old", type=caffe_pb2.V1LayerParameter.RELU)
     path = write_proto(tmp_path / "mixed.caffemodel", proto)
-    with pytest.raises(ModelFileError, match="mixes current 'layer' entries with legacy 'layers'"):
+    with pytest.raises(
+        ModelFileError, match="mixes current 'layer' entries with legacy 'layers'"
+    ):
         ip_net(tmp_path).copy_from(path)
 
 
@@ -510,7 +621,8 @@ def test_hdf5_round_trip_and_layout(tmp_path):
         assert set(handle) == {"data"}
         assert list(handle["data"]) == sorted(SMALL_SHAPES.keys() | {"data", "relu1"})
         weight = handle["data/conv1/0"]
-        assert weight.shape == (4, 3, 3, 3) and weight.dtype == np.float32
+        assert weight.shape == (4, 3, 3, 3)
+        assert weight.dtype == np.float32
         assert np.array_equal(weight[()], net.params["conv1"][0].data)
         # ip2's weight belongs to ip1, so only its bias is stored.
         assert set(handle["data/ip2"]) == {"1"}
@@ -564,10 +676,22 @@ def test_hdf5_written_in_caffes_layout_loads(tmp_path):
 @pytest.mark.parametrize(
     "datasets, message",
     [
-        ({"0": np.zeros((3, 5)), "1": np.zeros(3)}, r"file has 3 5 \(15\) and the net expects 3 4 \(12\)"),
-        ({"1": np.zeros(3)}, r"no dataset data/ip/0 for its blob 0 of shape 3 4 \(12\)"),
-        ({"0": np.zeros((3, 4)), "1": np.zeros(3), "2": np.zeros(1)}, "3 datasets in the file but 2 blobs"),
-        ({"0": np.zeros((3, 4), dtype=np.int32), "1": np.zeros(3)}, "holds int32 values; expected float"),
+        (
+            {"0": np.zeros((3, 5)), "1": np.zeros(3)},
+            r"file has 3 5 \(15\) and the net expects 3 4 \(12\)",
+        ),
+        (
+            {"1": np.zeros(3)},
+            r"no dataset data/ip/0 for its blob 0 of shape 3 4 \(12\)",
+        ),
+        (
+            {"0": np.zeros((3, 4)), "1": np.zeros(3), "2": np.zeros(1)},
+            "3 datasets in the file but 2 blobs",
+        ),
+        (
+            {"0": np.zeros((3, 4), dtype=np.int32), "1": np.zeros(3)},
+            "contains int32 values; expected float",
+        ),
     ],
 )
 def test_hdf5_layer_errors(tmp_path, datasets, message):
@@ -601,7 +725,8 @@ def test_mean_file_round_trip(tmp_path):
     path = tmp_path / "mean.binaryproto"
     write_mean_file(path, image)
     mean = read_mean_file(path)
-    assert mean.shape == (1, 3, 5, 4) and mean.dtype == np.float32
+    assert mean.shape == (1, 3, 5, 4)
+    assert mean.dtype == np.float32
     assert np.array_equal(mean[0], image)
     proto = caffe_pb2.BlobProto.FromString(path.read_bytes())
     assert list(proto.shape.dim) == [1, 3, 5, 4]
@@ -610,9 +735,13 @@ def test_mean_file_round_trip(tmp_path):
 
 
 def test_mean_file_written_by_caffe():
-    mean = read_mean_file(REFERENCE / "data" / "uint8_crop_mean_file_test" / "mean.binaryproto")
+    mean = read_mean_file(
+        REFERENCE / "data" / "uint8_crop_mean_file_test" / "mean.binaryproto"
+    )
     assert mean.shape == (1, 3, 8, 7)
-    expected = np.array([90.7515869140625, 41.33012771606445, 156.65625], dtype=np.float32)
+    expected = np.array(
+        [90.7515869140625, 41.33012771606445, 156.65625], dtype=np.float32
+    )
     assert np.array_equal(mean.ravel()[:3], expected)
 
 
@@ -625,20 +754,28 @@ def test_mean_file_legacy_shape(tmp_path):
 def test_mean_file_errors(tmp_path):
     empty = tmp_path / "empty.binaryproto"
     empty.write_bytes(b"")
-    with pytest.raises(ModelFileError, match="empty.binaryproto: the mean file is empty"):
+    with pytest.raises(
+        ModelFileError, match="empty.binaryproto: the mean file is empty"
+    ):
         read_mean_file(empty)
     good = tmp_path / "good.binaryproto"
     write_mean_file(good, np.ones((3, 4, 4)))
     cut = tmp_path / "cut.binaryproto"
     cut.write_bytes(good.read_bytes()[:40])
-    with pytest.raises(ModelFileError, match="cut.binaryproto: the mean file is truncated"):
+    with pytest.raises(
+        ModelFileError, match="cut.binaryproto: the mean file is truncated"
+    ):
         read_mean_file(cut)
     model = REFERENCE / "layers" / "prelu" / "weights.caffemodel"
-    with pytest.raises(ModelFileError, match="weights.caffemodel: not a binary BlobProto"):
+    with pytest.raises(
+        ModelFileError, match="weights.caffemodel: not a binary BlobProto"
+    ):
         read_mean_file(model)
     short = caffe_pb2.BlobProto(data=[1, 2, 3])
     short.shape.dim.extend([1, 1, 2, 2])
-    with pytest.raises(ModelFileError, match=r"holds 3 values but its shape 1 1 2 2 \(4\) needs 4"):
+    with pytest.raises(
+        ModelFileError, match=r"has 3 values but its shape 1 1 2 2 \(4\) needs 4"
+    ):
         read_mean_file(write_proto(tmp_path / "short.binaryproto", short))
     with pytest.raises(FileNotFoundError, match="mean file not found"):
         read_mean_file(tmp_path / "absent.binaryproto")

@@ -8,7 +8,7 @@ with an earlier layer is stored only under its owner; diffs are stored for every
 blob. Layers without parameters get an empty group.
 
 Loading follows ``Net::CopyTrainedLayersFromHDF5``: groups of layers the net lacks
-are skipped, a group may not hold more datasets than its layer has blobs, a missing
+are skipped, a group may not contain more datasets than its layer has blobs, a missing
 dataset is allowed only for a shared blob, and shapes must match exactly.
 """
 
@@ -51,7 +51,9 @@ def save_hdf5(net: Net, path: str | os.PathLike, write_diff: bool = False) -> No
             diff_group = handle.create_group("diff") if write_diff else None
             for layer, owned in zip(net._layers, owners):
                 layer_data = data_group.require_group(layer.name)
-                layer_diff = diff_group.require_group(layer.name) if diff_group else None
+                layer_diff = (
+                    diff_group.require_group(layer.name) if diff_group else None
+                )
                 for index, (tensor, is_owner) in enumerate(zip(layer.blobs, owned)):
                     if is_owner:
                         layer_data.create_dataset(str(index), data=_array(tensor))
@@ -85,7 +87,7 @@ def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike) -> None:
         data_group = handle.get("data")
         if not isinstance(data_group, h5py.Group):
             raise ModelFileError(
-                f"{path}: no 'data' group; Caffe's HDF5 weights hold each layer's "
+                f"{path}: no 'data' group; Caffe's HDF5 weights store each layer's "
                 f"blobs under data/<layer name>/<blob index>"
             )
         transfers = _plan(net, path, _layer_groups(data_group))
@@ -96,7 +98,7 @@ def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike) -> None:
 def _layer_groups(data_group: h5py.Group) -> list[tuple[str, h5py.Group]]:
     """Return (layer name, group) for every group below ``data``.
 
-    A group that only holds other groups is the parent of names containing ``/``
+    A group that contains only other groups is the parent of names containing ``/``
     and is left out, unless it is empty (a layer without parameters).
     """
     found: list[tuple[str, h5py.Group]] = []
@@ -122,7 +124,9 @@ def _plan(net: Net, path: str, groups) -> list[tuple[torch.Tensor, h5py.Dataset]
             logger.info("Ignoring source layer %s", name)
             continue
         logger.info("Copying source layer %s", name)
-        datasets = {key: item for key, item in group.items() if isinstance(item, h5py.Dataset)}
+        datasets = {
+            key: item for key, item in group.items() if isinstance(item, h5py.Dataset)
+        }
         if len(datasets) > len(layer.blobs):
             raise ModelFileError(
                 f"{path}: layer '{name}' has {len(datasets)} datasets in the file but "
@@ -143,10 +147,12 @@ def _plan(net: Net, path: str, groups) -> list[tuple[torch.Tensor, h5py.Dataset]
     return transfers
 
 
-def _check_dataset(dataset: h5py.Dataset, tensor: torch.Tensor, path: str, name: str, index: int) -> None:
+def _check_dataset(
+    dataset: h5py.Dataset, tensor: torch.Tensor, path: str, name: str, index: int
+) -> None:
     if dataset.dtype.kind != "f":
         raise ModelFileError(
-            f"{path}: dataset data/{name}/{index} holds {dataset.dtype} values; "
+            f"{path}: dataset data/{name}/{index} contains {dataset.dtype} values; "
             f"expected float or double data"
         )
     if tuple(dataset.shape) != tuple(tensor.shape):
@@ -161,17 +167,27 @@ def _check_dataset(dataset: h5py.Dataset, tensor: torch.Tensor, path: str, name:
 def _read_dataset(tensor: torch.Tensor, dataset: h5py.Dataset, path: str) -> None:
     writable = tensor.detach()
     try:
-        if writable.device.type == "cpu" and writable.is_contiguous() and writable.dtype in (
-            torch.float32,
-            torch.float64,
+        if (
+            writable.device.type == "cpu"
+            and writable.is_contiguous()
+            and writable.dtype
+            in (
+                torch.float32,
+                torch.float64,
+            )
         ):
             destination = writable.numpy()
             if destination.size:
                 dataset.read_direct(destination)
             return
-        values = np.asarray(dataset[()], dtype=np.float64 if writable.dtype == torch.float64 else np.float32)
+        values = np.asarray(
+            dataset[()],
+            dtype=np.float64 if writable.dtype == torch.float64 else np.float32,
+        )
     except OSError as error:
-        raise ModelFileError(f"{path}: reading dataset {dataset.name} failed ({error})") from None
+        raise ModelFileError(
+            f"{path}: reading dataset {dataset.name} failed ({error})"
+        ) from None
     with torch.no_grad():
         writable.copy_(torch.from_numpy(values).reshape(writable.shape))
 

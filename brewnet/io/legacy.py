@@ -26,7 +26,12 @@ import logging
 import os
 import warnings
 
-from brewnet.errors import ModelFileError, NetDefinitionError, PrototxtError, SolverError
+from brewnet.errors import (
+    ModelFileError,
+    NetDefinitionError,
+    PrototxtError,
+    SolverError,
+)
 from brewnet.proto import caffe_pb2
 
 logger = logging.getLogger(__name__)
@@ -172,7 +177,9 @@ def upgrade_legacy_layers(net: caffe_pb2.NetParameter, source: str = "<net>") ->
         _warn(source, "the net uses the V0 layer format ('layers { layer { ... } }')")
         upgrade_v0_net(net, source)
     if needs_data_upgrade(net):
-        logger.info("Moving data transformation fields of %s into transform_param", source)
+        logger.info(
+            "Moving data transformation fields of %s into transform_param", source
+        )
         _warn(
             source,
             "scale, mean_file, crop_size and mirror belong in transform_param, not in "
@@ -388,7 +395,10 @@ def upgrade_v0_layer(
         if target is None:
             logger.warning(
                 "%s: V0 layer '%s': field '%s' does not apply to type '%s'; dropped",
-                source, v0.name, v0_field, v0.type,
+                source,
+                v0.name,
+                v0_field,
+                v0.type,
             )
             continue
         _assign(upgraded, target, getattr(v0, v0_field))
@@ -441,7 +451,7 @@ def upgrade_data_transformation(net: caffe_pb2.NetParameter) -> None:
     Caffe's upgrade of V1 nets.
 
     NOTE: Caffe applies this to V1 ``layers`` only and ignores these fields on
-    current ``layer`` entries; brewnet moves them there too, so that a setting
+    current ``layer`` entries. brewnet moves them there too, so that a setting
     written in the old place is not silently lost.
     """
     for layer, param in list(_data_layer_params(net)):
@@ -488,7 +498,9 @@ def upgrade_v1_layer(
         _param_spec(layer, index).name = name
     for index, mode in enumerate(entry.blob_share_mode):
         _param_spec(layer, index).share_mode = (
-            caffe_pb2.ParamSpec.PERMISSIVE if mode == V1.PERMISSIVE else caffe_pb2.ParamSpec.STRICT
+            caffe_pb2.ParamSpec.PERMISSIVE
+            if mode == V1.PERMISSIVE
+            else caffe_pb2.ParamSpec.STRICT
         )
     for index, rate in enumerate(entry.blobs_lr):
         _param_spec(layer, index).lr_mult = rate
@@ -565,7 +577,7 @@ def upgrade_solver(
     if param.HasField("type"):
         raise SolverError(
             f"{source}: both 'solver_type' (deprecated enum) and 'type' are set; "
-            f"keep only type: \"{param.type}\""
+            f'keep only type: "{param.type}"'
         )
     name = SOLVER_TYPES.get(param.solver_type)
     if name is None:
@@ -608,14 +620,13 @@ def upgrade_file(in_path: str | os.PathLike, out_path: str | os.PathLike) -> str
 def _read_text_or_none(path: str) -> str | None:
     """Return the file's text if it looks like a text file, else None."""
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            if not _is_text(head):
+                return None
+            rest = handle.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"file not found: {path}") from None
-    with handle:
-        head = handle.read(4096)
-        if not _is_text(head):
-            return None
-        rest = handle.read()
     try:
         return (head + rest).decode("utf-8")
     except UnicodeDecodeError:
@@ -667,7 +678,9 @@ def _upgrade_binary(in_path: str, out_path: str) -> None:
 
     index = scan_caffemodel(in_path)
     net = index.skeleton()
-    records = [r for r in index.layers if not (r.format == "V0" and r.type == "padding")]
+    records = [
+        r for r in index.layers if not (r.format == "V0" and r.type == "padding")
+    ]
     upgrade_legacy_layers(net, in_path)
     added = upgrade_model_inputs(net, in_path)
     spans = [[]] * added + [record.blob_spans for record in records]
@@ -688,10 +701,10 @@ def _upgrade_binary(in_path: str, out_path: str) -> None:
 
 
 def upgrade_model_inputs(net: caffe_pb2.NetParameter, source: str) -> int:
-    """Upgrade the net-level inputs of a stored model; return how many layers it added.
+    """Upgrade the net-level inputs of a stored model; return the number of layers added.
 
     A model that names inputs without shapes (as old Caffe versions saved them)
-    loses the fields, as in Caffe; inputs with shapes become an Input layer.
+    loses the fields, as in Caffe. Inputs with shapes become an Input layer.
     """
     if not net.input:
         return 0

@@ -38,12 +38,16 @@ def read_mean_file(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"mean file not found: {path}") from None
     if not raw:
-        raise ModelFileError(f"{path}: the mean file is empty; expected a binary BlobProto")
+        raise ModelFileError(
+            f"{path}: the mean file is empty; expected a binary BlobProto"
+        )
     try:
         record = _scan(raw)
     except wire.WireError as error:
         if error.truncated:
-            raise ModelFileError(f"{path}: the mean file is truncated ({error})") from None
+            raise ModelFileError(
+                f"{path}: the mean file is truncated ({error})"
+            ) from None
         raise ModelFileError(
             f"{path}: not a binary BlobProto (.binaryproto mean file): {error}"
         ) from None
@@ -52,14 +56,18 @@ def read_mean_file(path: str | os.PathLike) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if values.count != expected:
         raise ModelFileError(
-            f"{path}: the mean blob holds {values.count} values but its shape "
+            f"{path}: the mean blob has {values.count} values but its shape "
             f"{shape_string(shape)} needs {expected}"
         )
     return wire.gather_values(raw, values).reshape(shape)
 
 
 def _scan(raw: bytes) -> wire.BlobRecord:
-    known = [item for item in wire.iter_fields(raw, 0, len(raw)) if item.number in _BLOB_TABLE]
+    known = [
+        item
+        for item in wire.iter_fields(raw, 0, len(raw))
+        if item.number in _BLOB_TABLE
+    ]
     if not known:
         raise wire.WireError("it has none of BlobProto's fields")
     return wire.scan_blob(raw, 0, len(raw), len(raw), _BLOB_TABLE)

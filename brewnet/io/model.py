@@ -25,8 +25,9 @@ import logging
 import mmap
 import os
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def blob_proto_shape(proto: caffe_pb2.BlobProto) -> tuple[int, ...]:
     """Return the shape Caffe gives a BlobProto.
 
     The legacy num/channels/height/width fields win when any of them is set; else
-    the ``shape`` field's dims, which may be empty (a blob with no axes holds one
+    the ``shape`` field's dims, which may be empty (a blob with no axes contains one
     value).
     """
     if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
@@ -101,15 +102,19 @@ def array_to_blob_proto(
     dtype = np.float64 if double else np.float32
     buffer = io.BytesIO()
     data = np.asarray(array, dtype=dtype)
-    wire.write_blob(buffer, data, None if diff is None else np.asarray(diff, dtype=dtype))
+    wire.write_blob(
+        buffer, data, None if diff is None else np.asarray(diff, dtype=dtype)
+    )
     return caffe_pb2.BlobProto.FromString(buffer.getvalue())
 
 
-def _check_value_count(values: Values, shape: Sequence[int], where: str, kind: str) -> None:
+def _check_value_count(
+    values: Values, shape: Sequence[int], where: str, kind: str
+) -> None:
     expected = _count(shape)
     if values.count != expected:
         raise ModelFileError(
-            f"{where} holds {values.count} {kind} values but its shape "
+            f"{where} has {values.count} {kind} values but its shape "
             f"{shape_string(shape)} needs {expected}; the file is corrupt"
         )
 
@@ -126,7 +131,7 @@ def _count(shape: Sequence[int]) -> int:
 class LayerRecord:
     """A layer of a model file: its name, type, blobs and other fields.
 
-    ``rest`` holds the layer's fields other than its blobs, as the bytes of a
+    ``rest`` contains the layer's fields other than its blobs, as the bytes of a
     LayerParameter (``format`` "layer") or V1LayerParameter ("V1" and "V0"; for "V0"
     the nested V0LayerParameter is included, without its blobs).
     """
@@ -151,7 +156,7 @@ class ModelIndex:
 
     @property
     def legacy_format(self) -> str | None:
-        """"V0" or "V1" when the file uses a legacy layer format, else None."""
+        """ "V0" or "V1" when the file uses a legacy layer format, else None."""
         formats = {record.format for record in self.layers}
         if "V0" in formats:
             return "V0"
@@ -177,44 +182,50 @@ def scan_caffemodel(path: str | os.PathLike) -> ModelIndex:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ModelFileError: the file is empty, truncated, not a NetParameter, or holds
+        ModelFileError: the file is empty, truncated, not a NetParameter, or has
             no layers; the message names the file.
     """
     path = os.fspath(path)
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            return _scan_file(handle, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"model file not found: {path}") from None
-    with handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            raise ModelFileError(
-                f"{path}: the file is empty; expected a binary NetParameter "
-                f"(.caffemodel)"
-            )
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-            try:
-                return _scan_net(buffer, path, size)
-            except WireError as error:
-                raise _scan_error(path, size, buffer, error) from None
+
+
+def _scan_file(handle: BinaryIO, path: str) -> ModelIndex:
+    size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        raise ModelFileError(
+            f"{path}: the file is empty; expected a binary NetParameter (.caffemodel)"
+        )
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        try:
+            return _scan_net(buffer, path, size)
+        except WireError as error:
+            raise _scan_error(path, size, buffer, error) from None
 
 
 def _scan_error(path: str, size: int, buffer, error: WireError) -> ModelFileError:
     if error.truncated:
         return ModelFileError(
-            f"{path}: the file is truncated ({error}; it holds {size} bytes). "
+            f"{path}: the file is truncated ({error}; the file has {size} bytes). "
             f"Copy or download it again"
         )
     head = bytes(buffer[: min(size, 64)])
     hint = ""
     if head.startswith(_HDF5_SIGNATURE):
-        hint = "; it is an HDF5 file, which is read as weights when its name ends in .h5"
+        hint = (
+            "; it is an HDF5 file, which is read as weights when its name ends in .h5"
+        )
     elif _looks_like_text(head):
         hint = (
             "; it looks like a text file (a prototxt?), but weights must be a binary "
             "model such as a .caffemodel"
         )
-    return ModelFileError(f"{path}: not a binary NetParameter (.caffemodel): {error}{hint}")
+    return ModelFileError(
+        f"{path}: not a binary NetParameter (.caffemodel): {error}{hint}"
+    )
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -251,7 +262,9 @@ def _scan_net(buffer, path: str, size: int) -> ModelIndex:
             f"entries; upgrade it with 'brewnet upgrade' from a consistent source"
         )
     if not layers:
-        raise ModelFileError(f"{path}: the NetParameter holds no layers, so it has no weights")
+        raise ModelFileError(
+            f"{path}: the NetParameter has no layers, so it has no weights"
+        )
     return ModelIndex(path, size, name, layers, b"".join(header))
 
 
@@ -303,7 +316,9 @@ def _scan_v1_layer(buffer, outer: wire.Field, size: int) -> LayerRecord:
     if nested is None:
         return record
     # Caffe's V0 upgrade takes the name and blobs from the nested V0 layer only.
-    nested.rest = record.rest + wire.length_prefix(_V1_NESTED_V0, len(nested.rest)) + nested.rest
+    nested.rest = (
+        record.rest + wire.length_prefix(_V1_NESTED_V0, len(nested.rest)) + nested.rest
+    )
     return nested
 
 
@@ -326,7 +341,9 @@ def _scan_v0_layer(buffer, outer: wire.Field, size: int) -> LayerRecord:
 
 
 def _add_blob(record: LayerRecord, buffer, item: wire.Field, size: int) -> None:
-    record.blobs.append(wire.scan_blob(buffer, item.value_start, item.end, size, _BLOB_TABLE))
+    record.blobs.append(
+        wire.scan_blob(buffer, item.value_start, item.end, size, _BLOB_TABLE)
+    )
     record.blob_spans.append((item.value_start, item.end))
 
 
@@ -334,7 +351,7 @@ def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     """Read a binary model file into one NetParameter message, blobs included.
 
     The file is checked with :func:`scan_caffemodel` first, so a damaged file gets
-    the same messages. This holds every value in protobuf's memory; to load weights
+    the same messages. This keeps every value in protobuf's memory; to load weights
     into a net, :func:`copy_trained_layers` needs far less.
 
     Raises:
@@ -348,13 +365,15 @@ def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     try:
         return caffe_pb2.NetParameter.FromString(data)
     except message.DecodeError as error:
-        raise ModelFileError(f"{path}: not a valid binary NetParameter ({error})") from None
+        raise ModelFileError(
+            f"{path}: not a valid binary NetParameter ({error})"
+        ) from None
 
 
 # ============================================================================ copying
 @dataclass
 class _SourceBlob:
-    """One stored blob to copy, and the bytes that hold its values."""
+    """One stored blob to copy, and the bytes that contain its values."""
 
     record: BlobRecord
     buffer: object | None  # bytes for in-memory sources, None to read from the file
@@ -428,22 +447,27 @@ def copy_layers_from_net(target: Net, source: Net) -> None:
     """Copy the parameter values of ``source`` into same-named layers of ``target``.
 
     This is :func:`copy_trained_layers` without a file: layers ``target`` lacks are
-    skipped, and shared layers must agree in blob count and exact shape.
+    skipped, and layers present in both must agree in blob count and exact shape.
 
     Raises:
         ModelFileError: a layer's blob count or a blob's shape differs.
     """
+    by_name = _first_layer_by_name(target)
     for layer in source._layers:
-        destination = target._layer_dict.get(layer.name)
+        destination = by_name.get(layer.name)
         if destination is None:
             logger.info("Ignoring source layer %s", layer.name)
             continue
-        _check_blob_count(layer.name, len(layer.blobs), len(destination.blobs), "<net>")
+        origin = f"net '{source.name}'" if source.name else "the source net"
+        stored = len(layer.blobs)
+        _check_blob_count(layer.name, stored, len(destination.blobs), "<net>", origin)
         for index, (tensor, values) in enumerate(zip(destination.blobs, layer.blobs)):
             if tuple(tensor.shape) != tuple(values.shape):
-                raise _shape_error("<net>", layer.name, index, values.shape, tensor.shape)
+                raise _shape_error(
+                    "<net>", layer.name, index, values.shape, tensor.shape, origin
+                )
     for layer in source._layers:
-        destination = target._layer_dict.get(layer.name)
+        destination = by_name.get(layer.name)
         if destination is None:
             continue
         logger.info("Copying source layer %s", layer.name)
@@ -458,8 +482,9 @@ def _plan_transfers(
 ) -> list[_Transfer]:
     """Check every file layer against the net and return the copies to make."""
     transfers: list[_Transfer] = []
+    by_name = _first_layer_by_name(net)
     for name, blobs in entries:
-        layer = net._layer_dict.get(name)
+        layer = by_name.get(name)
         if layer is None:
             logger.info("Ignoring source layer %s", name)
             continue
@@ -469,14 +494,26 @@ def _plan_transfers(
             record = blob.record
             target_shape = tuple(tensor.shape)
             if not shape_equals(record, target_shape):
-                raise _shape_error(source, name, index, record.shape_tuple(), target_shape)
+                raise _shape_error(
+                    source, name, index, record.shape_tuple(), target_shape
+                )
             where = f"{source}: blob {index} of layer '{name}'"
-            _check_value_count(record.data_values(), record.shape_tuple(), where, "data")
+            _check_value_count(
+                record.data_values(), record.shape_tuple(), where, "data"
+            )
             diff = record.diff_values()
             if diff.count:
                 _check_value_count(diff, record.shape_tuple(), where, "diff")
             transfers.append(_Transfer(tensor, blob, bool(diff.count)))
     return transfers
+
+
+def _first_layer_by_name(net: Net) -> dict:
+    """Map each layer name to its first layer, the one Caffe's binary loader picks."""
+    layers: dict = {}
+    for layer in net._layers:
+        layers.setdefault(layer.name, layer)
+    return layers
 
 
 def shape_equals(record: BlobRecord, shape: Sequence[int]) -> bool:
@@ -494,38 +531,53 @@ def shape_equals(record: BlobRecord, shape: Sequence[int]) -> bool:
     return tuple(record.shape or ()) == shape
 
 
-def _check_blob_count(name: str, in_file: int, in_net: int, source: str) -> None:
-    if in_file != in_net:
+def _check_blob_count(
+    name: str, stored: int, in_net: int, source: str, origin: str = "the file"
+) -> None:
+    if stored != in_net:
         raise ModelFileError(
-            f"{source}: layer '{name}' has {in_file} blobs in the file but {in_net} in "
-            f"the net; the weights were saved from a different layer definition. "
+            f"{source}: layer '{name}' has {stored} blobs in {origin} but {in_net} in "
+            f"the net; the weights come from a different layer definition. "
             f"Rename the layer to train it from scratch instead"
         )
 
 
 def _shape_error(
-    source: str, name: str, index: int, stored: Sequence[int], expected: Sequence[int]
+    source: str,
+    name: str,
+    index: int,
+    stored: Sequence[int],
+    expected: Sequence[int],
+    origin: str = "the file",
 ) -> ModelFileError:
     return ModelFileError(
-        f"{source}: cannot copy blob {index} of layer '{name}': shape mismatch; the "
-        f"file has {shape_string(stored)} and the net expects "
+        f"{source}: cannot copy blob {index} of layer '{name}': shape mismatch; "
+        f"{origin} has {shape_string(stored)} and the net expects "
         f"{shape_string(tuple(expected))}. To learn this layer's parameters from "
         f"scratch instead, rename the layer"
     )
 
 
-def _run_transfers(transfers: list[_Transfer], handle: BinaryIO | None, source: str) -> None:
+def _run_transfers(
+    transfers: list[_Transfer], handle: BinaryIO | None, source: str
+) -> None:
     try:
         for transfer in transfers:
             record = transfer.source.record
-            _fill_tensor(transfer.tensor, record.data_values(), transfer.source.buffer, handle)
+            _fill_tensor(
+                transfer.tensor, record.data_values(), transfer.source.buffer, handle
+            )
             if transfer.with_diff:
                 tensor = transfer.tensor
                 if tensor.grad is None:
                     tensor.grad = torch.zeros_like(tensor)
-                _fill_tensor(tensor.grad, record.diff_values(), transfer.source.buffer, handle)
+                _fill_tensor(
+                    tensor.grad, record.diff_values(), transfer.source.buffer, handle
+                )
     except WireError as error:
-        raise ModelFileError(f"{source}: {error}; the file changed or is truncated") from None
+        raise ModelFileError(
+            f"{source}: {error}; the file changed or is truncated"
+        ) from None
 
 
 def _fill_tensor(
@@ -533,20 +585,30 @@ def _fill_tensor(
 ) -> None:
     """Write ``values`` into ``tensor``, in place and without a full-size copy on CPU."""
     writable = tensor.detach()
-    if writable.device.type == "cpu" and writable.is_contiguous() and writable.dtype in (
-        torch.float32,
-        torch.float64,
+    if (
+        writable.device.type == "cpu"
+        and writable.is_contiguous()
+        and writable.dtype
+        in (
+            torch.float32,
+            torch.float64,
+        )
     ):
         destination = writable.numpy().reshape(-1)
         _fill_array(destination, values, buffer, handle)
         return
-    staging = np.empty(writable.numel(), dtype=np.float64 if writable.dtype == torch.float64 else np.float32)
+    staging = np.empty(
+        writable.numel(),
+        dtype=np.float64 if writable.dtype == torch.float64 else np.float32,
+    )
     _fill_array(staging, values, buffer, handle)
     with torch.no_grad():
         writable.copy_(torch.from_numpy(staging).reshape(writable.shape))
 
 
-def _fill_array(destination: np.ndarray, values: Values, buffer, handle: BinaryIO | None) -> None:
+def _fill_array(
+    destination: np.ndarray, values: Values, buffer, handle: BinaryIO | None
+) -> None:
     if buffer is not None:
         destination[...] = wire.gather_values(buffer, values)
     else:
@@ -574,11 +636,15 @@ def net_to_proto(net: Net, write_diff: bool = False) -> caffe_pb2.NetParameter:
         target.CopyFrom(layer_param)
         for tensor in layer.blobs:
             data, diff = _tensor_arrays(tensor, write_diff)
-            target.blobs.append(array_to_blob_proto(data, diff, double=data.dtype == np.float64))
+            target.blobs.append(
+                array_to_blob_proto(data, diff, double=data.dtype == np.float64)
+            )
     return proto
 
 
-def save_caffemodel(net: Net, path: str | os.PathLike, write_diff: bool = False) -> None:
+def save_caffemodel(
+    net: Net, path: str | os.PathLike, write_diff: bool = False
+) -> None:
     """Write ``net``'s parameters to ``path`` as a binary NetParameter Caffe reads.
 
     The bytes equal ``net_to_proto(net, write_diff).SerializeToString()``; they are
@@ -586,17 +652,23 @@ def save_caffemodel(net: Net, path: str | os.PathLike, write_diff: bool = False)
     an interrupted save leaves any earlier file intact. Float64 nets write
     ``double_data``, as Caffe's double nets do.
     """
-    header = wire.length_prefix(1, len(net.name.encode("utf-8"))) + net.name.encode("utf-8")
+    header = wire.length_prefix(1, len(net.name.encode("utf-8"))) + net.name.encode(
+        "utf-8"
+    )
     layers = []
     for layer_param, layer in zip(_layer_params(net), net._layers):
-        layers.append((layer_param, [_tensor_payload(t, write_diff) for t in layer.blobs]))
+        layers.append(
+            (layer_param, [_tensor_payload(t, write_diff) for t in layer.blobs])
+        )
     write_model_file(path, header, layers)
 
 
 def write_model_file(
     path: str | os.PathLike,
     header: bytes,
-    layers: Iterable[tuple[caffe_pb2.LayerParameter | caffe_pb2.V1LayerParameter, list[_Payload]]],
+    layers: Iterable[
+        tuple[caffe_pb2.LayerParameter | caffe_pb2.V1LayerParameter, list[_Payload]]
+    ],
 ) -> None:
     """Write a NetParameter: ``header`` fields, then each layer with its blobs.
 
@@ -628,7 +700,9 @@ def _write_layer(handle: BinaryIO, layer_param, payloads: list[_Payload]) -> Non
     fields = layer_param.SerializeToString()
     split = _first_field_after(fields, blobs_number)
     prefixes = [wire.length_prefix(blobs_number, payload.size) for payload in payloads]
-    length = len(fields) + sum(len(p) + payload.size for p, payload in zip(prefixes, payloads))
+    length = len(fields) + sum(
+        len(p) + payload.size for p, payload in zip(prefixes, payloads)
+    )
     handle.write(wire.length_prefix(outer_number, length))
     handle.write(fields[:split])
     for prefix, payload in zip(prefixes, payloads):
@@ -661,7 +735,9 @@ def _layer_params(net: Net) -> list[caffe_pb2.LayerParameter]:
     return params
 
 
-def _tensor_arrays(tensor: torch.Tensor, write_diff: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _tensor_arrays(
+    tensor: torch.Tensor, write_diff: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     data = tensor.detach().to("cpu", dtype).contiguous().numpy()
     diff = None
@@ -695,7 +771,9 @@ def raw_payload(source: BinaryIO, start: int, end: int) -> _Payload:
         while remaining:
             chunk = source.read(min(remaining, wire.CHUNK_BYTES))
             if not chunk:
-                raise ModelFileError(f"{getattr(source, 'name', '<file>')}: ended early")
+                raise ModelFileError(
+                    f"{getattr(source, 'name', '<file>')}: ended early"
+                )
             handle.write(chunk)
             remaining -= len(chunk)
 

@@ -1,6 +1,6 @@
 """Protobuf wire format, read and written by hand for large blob fields.
 
-Model files hold their weights as packed ``float`` (or ``double``) fields of
+Model files store their weights as packed ``float`` (or ``double``) fields of
 BlobProto messages. Parsing a whole NetParameter with the protobuf library keeps the
 file's bytes and a second copy of every value in memory, and turning a repeated field
 into a NumPy array costs a Python float per value. This module walks the wire format
@@ -16,8 +16,9 @@ be packed (one type-2 field) or not (one field per value); readers accept both.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, NamedTuple, Sequence
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from google.protobuf import descriptor as _descriptor
@@ -77,7 +78,9 @@ def read_varint(buffer, position: int, end: int, outer_end: int) -> tuple[int, i
             raise WireError("a varint is longer than 10 bytes")
 
 
-def iter_fields(buffer, start: int, end: int, outer_end: int | None = None) -> Iterator[Field]:
+def iter_fields(
+    buffer, start: int, end: int, outer_end: int | None = None
+) -> Iterator[Field]:
     """Yield the fields of the message stored in ``buffer[start:end]``.
 
     ``outer_end`` is the end of the whole buffer; a field that runs past it marks the
@@ -105,7 +108,9 @@ def iter_fields(buffer, start: int, end: int, outer_end: int | None = None) -> I
         elif wire_type == FIXED32:
             value_start, field_end = position, position + 4
         else:
-            raise WireError(f"field {number} at byte {field_start} has wire type {wire_type}")
+            raise WireError(
+                f"field {number} at byte {field_start} has wire type {wire_type}"
+            )
         if field_end > end:
             raise WireError(
                 f"field {number} at byte {field_start} needs {field_end - field_start} "
@@ -116,7 +121,9 @@ def iter_fields(buffer, start: int, end: int, outer_end: int | None = None) -> I
         yield Field(number, wire_type, field_start, value_start, field_end, value)
 
 
-def expected_wire_types(descriptor: _descriptor.Descriptor) -> dict[int, tuple[int, ...]]:
+def expected_wire_types(
+    descriptor: _descriptor.Descriptor,
+) -> dict[int, tuple[int, ...]]:
     """Return, for each field number of ``descriptor``, the wire types it may use."""
     by_type = {
         _descriptor.FieldDescriptor.TYPE_DOUBLE: FIXED64,
@@ -139,7 +146,9 @@ def expected_wire_types(descriptor: _descriptor.Descriptor) -> dict[int, tuple[i
     return table
 
 
-def check_wire_type(item: Field, table: dict[int, tuple[int, ...]], message: str) -> None:
+def check_wire_type(
+    item: Field, table: dict[int, tuple[int, ...]], message: str
+) -> None:
     """Raise WireError when a known field of ``message`` uses a wrong wire type."""
     allowed = table.get(item.number)
     if allowed is not None and item.wire_type not in allowed:
@@ -158,7 +167,7 @@ def signed64(value: int) -> int:
 # ============================================================================ blobs
 @dataclass
 class Values:
-    """Where the values of one repeated float or double field lie in a buffer."""
+    """Positions of the values of one repeated float or double field in a buffer."""
 
     dtype: np.dtype
     segments: list[tuple[int, int]] = field(default_factory=list)  # (offset, count)
@@ -232,7 +241,7 @@ def _add_values(values: Values, item: Field) -> None:
         length = item.end - item.value_start
         if length % size:
             raise WireError(
-                f"a packed field at byte {item.start} holds {length} bytes, which is "
+                f"a packed field at byte {item.start} has {length} bytes, which is "
                 f"not a multiple of {size}"
             )
         if length:
@@ -251,7 +260,9 @@ def _scan_shape(buffer, item: Field, outer_end: int) -> tuple[int, ...]:
         elif dim_field.wire_type == LENGTH_DELIMITED:
             position = dim_field.value_start
             while position < dim_field.end:
-                value, position = read_varint(buffer, position, dim_field.end, outer_end)
+                value, position = read_varint(
+                    buffer, position, dim_field.end, outer_end
+                )
                 dims.append(signed64(value))
         else:
             raise WireError(f"BlobShape dim at byte {dim_field.start} is not a varint")
@@ -287,7 +298,9 @@ def read_values_into(handle: BinaryIO, values: Values, destination: np.ndarray) 
             target = memoryview(destination[position : position + count]).cast("B")
             _read_exactly(handle, target)
         else:
-            _read_converted(handle, values.dtype, destination[position : position + count])
+            _read_converted(
+                handle, values.dtype, destination[position : position + count]
+            )
         position += count
 
 

@@ -77,7 +77,13 @@ class NetWriter:
         return self.layer(name, "InnerProduct", bottom, name, body)
 
     def dropout(self, name, blob, ratio) -> str:
-        return self.layer(name, "Dropout", blob, blob, f"dropout_param {{\n  dropout_ratio: {ratio}\n}}")
+        return self.layer(
+            name,
+            "Dropout",
+            blob,
+            blob,
+            f"dropout_param {{\n  dropout_ratio: {ratio}\n}}",
+        )
 
     def concat(self, name, bottoms) -> str:
         return self.layer(name, "Concat", bottoms, name)
@@ -95,11 +101,15 @@ def _as_list(value) -> list[str]:
 
 # ============================================================================ nets
 def alexnet() -> str:
-    net = NetWriter("AlexNet", (1, 3, 227, 227), """
+    net = NetWriter(
+        "AlexNet",
+        (1, 3, 227, 227),
+        """
 AlexNet (Krizhevsky et al., 2012) as in BVLC's bvlc_alexnet deploy definition:
 grouped convolutions (group 2 in conv2, conv4, conv5) and cross-channel LRN.
 60,965,224 parameters; output "prob" is N x 1000.
-""")
+""",
+    )
     x = net.conv("conv1", "data", 96, 11, stride=4)
     net.relu("relu1", x)
     x = net.lrn("norm1", x)
@@ -125,12 +135,18 @@ grouped convolutions (group 2 in conv2, conv4, conv5) and cross-channel LRN.
 
 
 def vgg16() -> str:
-    net = NetWriter("VGG_ILSVRC_16_layers", (1, 3, 224, 224), """
+    net = NetWriter(
+        "VGG_ILSVRC_16_layers",
+        (1, 3, 224, 224),
+        """
 VGG-16 (Simonyan and Zisserman, 2014), configuration D, as in the authors' Caffe
 deploy definition. 138,357,544 parameters; output "prob" is N x 1000.
-""")
+""",
+    )
     x = "data"
-    for stage, (channels, repeats) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), 1):
+    for stage, (channels, repeats) in enumerate(
+        ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), 1
+    ):
         for index in range(1, repeats + 1):
             x = net.conv(f"conv{stage}_{index}", x, channels, 3, pad=1)
             net.relu(f"relu{stage}_{index}", x)
@@ -145,19 +161,33 @@ deploy definition. 138,357,544 parameters; output "prob" is N x 1000.
 
 
 def resnet50() -> str:
-    net = NetWriter("ResNet-50", (1, 3, 224, 224), """
+    net = NetWriter(
+        "ResNet-50",
+        (1, 3, 224, 224),
+        """
 ResNet-50 (He et al., 2015) as in the authors' Caffe deploy definition: convolutions
 without bias, each followed by BatchNorm (global statistics) and Scale (with bias),
 and Eltwise sums for the shortcuts. Stride 2 sits in the first 1x1 convolution of
 stages 3 to 5. 25,557,032 learnable parameters (convolutions, Scale, fc1000); the
 BatchNorm blobs add 53,173 stored statistics. Output "prob" is N x 1000.
-""")
+""",
+    )
 
     def conv_bn(name, bottom, num_output, kernel, stride=1, pad=0, relu=True) -> str:
-        x = net.conv(name, bottom, num_output, kernel, stride=stride, pad=pad, bias=False)
+        x = net.conv(
+            name, bottom, num_output, kernel, stride=stride, pad=pad, bias=False
+        )
         suffix = name[3:] if name.startswith("res") else "_" + name
-        net.layer(f"bn{suffix}", "BatchNorm", x, x, "batch_norm_param {\n  use_global_stats: true\n}")
-        net.layer(f"scale{suffix}", "Scale", x, x, "scale_param {\n  bias_term: true\n}")
+        net.layer(
+            f"bn{suffix}",
+            "BatchNorm",
+            x,
+            x,
+            "batch_norm_param {\n  use_global_stats: true\n}",
+        )
+        net.layer(
+            f"scale{suffix}", "Scale", x, x, "scale_param {\n  bias_term: true\n}"
+        )
         if relu:
             net.relu(f"{name}_relu", x)
         return x
@@ -170,7 +200,9 @@ BatchNorm blobs add 53,173 stored statistics. Output "prob" is N x 1000.
             block = f"res{stage}{chr(ord('a') + index)}"
             stride = 2 if index == 0 and stage > 2 else 1
             if index == 0:
-                shortcut = conv_bn(f"{block}_branch1", x, 4 * width, 1, stride=stride, relu=False)
+                shortcut = conv_bn(
+                    f"{block}_branch1", x, 4 * width, 1, stride=stride, relu=False
+                )
             else:
                 shortcut = x
             y = conv_bn(f"{block}_branch2a", x, width, 1, stride=stride)
@@ -185,11 +217,15 @@ BatchNorm blobs add 53,173 stored statistics. Output "prob" is N x 1000.
 
 
 def googlenet() -> str:
-    net = NetWriter("GoogleNet", (1, 3, 224, 224), """
+    net = NetWriter(
+        "GoogleNet",
+        (1, 3, 224, 224),
+        """
 GoogLeNet (Szegedy et al., 2014) as in BVLC's bvlc_googlenet deploy definition:
 nine inception modules joined by Concat, without the auxiliary classifiers.
 6,998,552 parameters; output "prob" is N x 1000.
-""")
+""",
+    )
     x = net.conv("conv1/7x7_s2", "data", 64, 7, stride=2, pad=3)
     net.relu("conv1/relu_7x7", x)
     x = net.pool("pool1/3x3_s2", x, "MAX", 3, 2)
@@ -237,12 +273,16 @@ def _inception(net: NetWriter, name: str, bottom: str, sizes) -> str:
 
 
 def squeezenet() -> str:
-    net = NetWriter("SqueezeNet_v1.1", (1, 3, 227, 227), """
+    net = NetWriter(
+        "SqueezeNet_v1.1",
+        (1, 3, 227, 227),
+        """
 SqueezeNet v1.1 (Iandola et al., 2016) as in DeepScale's deploy definition: fire
 modules (1x1 squeeze, then 1x1 and 3x3 expand joined by Concat) and a final
 convolution with global average pooling. 1,235,496 parameters; output "prob" is
 N x 1000 x 1 x 1.
-""")
+""",
+    )
     x = net.conv("conv1", "data", 64, 3, stride=2)
     net.relu("relu_conv1", x)
     x = net.pool("pool1", x, "MAX", 3, 2)
@@ -268,13 +308,17 @@ N x 1000 x 1 x 1.
 
 
 def fcn32s_small() -> str:
-    net = NetWriter("FCN-32s-small", (1, 3, 64, 64), """
+    net = NetWriter(
+        "FCN-32s-small",
+        (1, 3, 64, 64),
+        """
 A fully convolutional segmentation net in the style of FCN-32s (Long et al., 2015)
 on a small three-stage backbone: the first convolution pads by 100, the classifier
 is convolutional, a Deconvolution upsamples the 21-class scores 8 times and Crop
 aligns them with the input (offset 95 follows from the layers' strides, kernels
 and pads). 229,557 parameters; output "score" is N x 21 x H x W for an H x W input.
-""")
+""",
+    )
     x = net.conv("conv1", "data", 16, 3, pad=100)
     net.relu("relu1", x)
     x = net.pool("pool1", x, "MAX", 2, 2)
@@ -297,7 +341,13 @@ and pads). 229,557 parameters; output "score" is N x 21 x H x W for an H x W inp
         '  weight_filler {\n    type: "bilinear"\n  }\n}'
     )
     x = net.layer("upscore", "Deconvolution", x, "upscore", body)
-    net.layer("score", "Crop", [x, "data"], "score", "crop_param {\n  axis: 2\n  offset: 95\n}")
+    net.layer(
+        "score",
+        "Crop",
+        [x, "data"],
+        "score",
+        "crop_param {\n  axis: 2\n  offset: 95\n}",
+    )
     return net.text()
 
 

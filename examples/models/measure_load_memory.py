@@ -90,8 +90,12 @@ def load(model: str, path: str, method: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg16.prototxt", help="prototxt in this folder")
-    parser.add_argument("--child", nargs=3, metavar=("MODEL", "PATH", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--model", default="vgg16.prototxt", help="prototxt in this folder"
+    )
+    parser.add_argument(
+        "--child", nargs=3, metavar=("MODEL", "PATH", "METHOD"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         load(*args.child)
@@ -103,7 +107,8 @@ def main() -> None:
         print(f"{args.model}: {size:.1f} MiB model file")
         for method in ("copy_from", "protobuf"):
             subprocess.run(
-                [sys.executable, __file__, "--child", args.model, path, method], check=True
+                [sys.executable, __file__, "--child", args.model, path, method],
+                check=True,
             )
 
 
