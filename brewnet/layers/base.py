@@ -104,10 +104,16 @@ class Layer:
         """Return an error whose message names this layer and its type."""
         return LayerSetupError(f"layer '{self.name}' (type {self.type}): {message}")
 
-    def new_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None):
+    def new_blob(
+        self,
+        shape: Sequence[int],
+        filler: caffe_pb2.FillerParameter | None,
+        field: str | None = None,
+    ):
         """Create a parameter tensor of ``shape`` filled by ``filler``.
 
-        A missing filler means Caffe's default filler: constant zero.
+        A missing filler means Caffe's default filler: constant zero. A filler error
+        names this layer and, when given, the prototxt ``field`` of the filler.
         """
         from brewnet.fillers import fill
 
@@ -116,7 +122,8 @@ class Layer:
         try:
             values = fill(filler, tuple(int(s) for s in shape), dtype=self.dtype)
         except LayerSetupError as error:
-            raise self.error(str(error)) from None
+            prefix = f"{field}: " if field else ""
+            raise self.error(f"{prefix}{error}") from None
         return values.to(self.device)
 
     def check_blob_counts(self, num_bottom: int, num_top: int) -> None:

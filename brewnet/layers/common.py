@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 
 from brewnet.blob import shape_string
 from brewnet.layers.base import Layer, Shape, canonical_axis, count, is_meta
@@ -42,9 +43,10 @@ def inner_product(
     product of ``x.shape[axis:]``. The result has shape ``x.shape[:axis] + (N_out,)``.
     """
     rows = x.reshape(count(x.shape, 0, axis), count(x.shape, axis))
-    y = rows @ weight if transpose else rows @ weight.t()
-    if bias is not None:
-        y = y + bias
+    if transpose:
+        y = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+    else:
+        y = F.linear(rows, weight, bias)
     return y.reshape(tuple(x.shape[:axis]) + (y.shape[1],))
 
 

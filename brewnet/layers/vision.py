@@ -415,13 +415,15 @@ def max_pool2d(
     stride: Sequence[int] = (1, 1),
     pad: Sequence[int] = (0, 0),
     ceil_mode: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_mask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return Caffe's max pooling of a ``(N, C, H, W)`` tensor and its argmax mask.
 
     Each window covers only the input (never the padding) and starts from -FLT_MAX.
     The first maximum in row-major order wins and receives the gradient. The mask
     contains ``h * W + w`` of that maximum, or -1 when no value exceeds -FLT_MAX (an
-    empty window, or a window of -inf).
+    empty window, or a window of -inf). Without ``with_mask`` the mask is None and
+    costs nothing, which is the common one-top case.
 
     NOTE: a NaN in a window wins here (torch's max pooling propagates it), whereas
     Caffe's comparisons skip NaN values.
@@ -430,6 +432,11 @@ def max_pool2d(
     output_shape = pool_output_shape((height, width), kernel, stride, pad, ceil_mode)
     far = _far_pad((height, width), kernel, stride, pad, output_shape)
     if not any(pad) and all(f <= 0 for f in far):
+        if not with_mask:
+            values = F.max_pool2d(x, kernel, stride)
+            if tuple(values.shape[-2:]) != tuple(output_shape):
+                values = values[..., : output_shape[0], : output_shape[1]]
+            return values.clamp_min(-FLT_MAX), None
         values, index = F.max_pool2d(x, kernel, stride, return_indices=True)
         values = values[..., : output_shape[0], : output_shape[1]]
         mask = index[..., : output_shape[0], : output_shape[1]]
@@ -440,6 +447,8 @@ def max_pool2d(
         rows = torch.div(index, padded_width, rounding_mode="floor") - pad[0]
         cols = torch.remainder(index, padded_width) - pad[1]
         mask = rows * width + cols
+        if not with_mask:
+            return values.clamp_min(-FLT_MAX), None
     lowest = values <= -FLT_MAX
     values = torch.where(lowest, -FLT_MAX, values)
     mask = torch.where(lowest, -1, mask).to(x.dtype)
@@ -558,7 +567,7 @@ def pool2d(
                     f"{name} ({p}) must be smaller than the kernel size ({k}) on its axis"
                 )
     if method == "MAX":
-        return max_pool2d(x, kernel, stride, pad, ceil_mode)[0]
+        return max_pool2d(x, kernel, stride, pad, ceil_mode, with_mask=False)[0]
     if method == "AVE":
         return ave_pool2d(x, kernel, stride, pad, ceil_mode)
     if method == "STOCHASTIC":
@@ -726,10 +735,7 @@ def _named_errors(layer: Layer) -> Iterator[None]:
 
 def _filled_blob(layer: Layer, shape: Sequence[int], filler, field: str) -> torch.Tensor:
     """Create a parameter blob, naming the layer and field when the filler fails."""
-    try:
-        return layer.new_blob(shape, filler)
-    except LayerSetupError as error:
-        raise layer.error(f"{field}: {error}") from None
+    return layer.new_blob(shape, filler, field)
 
 
 def _check_four_axes(layer: Layer, shape: Shape) -> None:
@@ -1017,7 +1023,9 @@ class PoolingLayer(Layer):
         x = bottom[0]
         kernel = tuple(x.shape[-2:]) if self.global_pooling else self.kernel
         if self.method == "MAX":
-            values, mask = max_pool2d(x, kernel, self.stride, self.pad, self.ceil_mode)
+            values, mask = max_pool2d(
+                x, kernel, self.stride, self.pad, self.ceil_mode, with_mask=self.num_tops > 1
+            )
             return [values, mask][: self.num_tops]
         train = self.phase == TRAIN
         return [pool2d(x, self.method, kernel, self.stride, self.pad, self.ceil_mode, train)]
