@@ -669,9 +669,12 @@ def test_random_seed_repeats_fillers(tmp_path, monkeypatch):
 
 
 def test_legacy_solver_type(tmp_path, monkeypatch):
-    solver = make_solver(
-        tmp_path, monkeypatch, "solver_type: NESTEROV\nmomentum: 0.9\n"
-    )
+    with pytest.warns(
+        DeprecationWarning, match="'solver_type: NESTEROV' is deprecated"
+    ):
+        solver = make_solver(
+            tmp_path, monkeypatch, "solver_type: NESTEROV\nmomentum: 0.9\n"
+        )
     assert isinstance(solver, NesterovSolver)
     assert solver.param.type == "Nesterov"
     assert not solver.param.HasField("solver_type")
@@ -951,7 +954,7 @@ INVALID_SETTINGS = [
     ),
     (
         BASE_SOLVER + 'type: "SGD"\nsolver_type: ADAM\n',
-        "both the legacy field solver_type (ADAM) and type ('SGD') are given",
+        "both 'solver_type' (deprecated enum) and 'type' are set; keep only type: \"SGD\"",
     ),
     (
         BASE_SOLVER + "average_loss: 0\n",

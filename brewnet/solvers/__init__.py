@@ -14,10 +14,11 @@ import os
 import torch
 
 from brewnet.errors import SolverError
+from brewnet.io.legacy import upgrade_solver
 from brewnet.proto import caffe_pb2
 from brewnet.solvers.base import Solver, SolverAction, as_solver_action, format_number
 from brewnet.solvers.lr_policies import POLICIES, check_lr_policy, learning_rate
-from brewnet.solvers.parameter import read_solver_parameter, upgrade_solver_type
+from brewnet.solvers.parameter import read_solver_parameter
 from brewnet.solvers.sgd import (
     AdaDeltaSolver,
     AdaGradSolver,
@@ -85,7 +86,7 @@ def get_solver(
         message = caffe_pb2.SolverParameter()
         message.CopyFrom(param)
         name = source or "<SolverParameter>"
-        upgrade_solver_type(message, name)
+        upgrade_solver(message, name)
     else:
         name = source or os.fspath(param)
         message = read_solver_parameter(param)

@@ -22,6 +22,7 @@ from google.protobuf import text_format
 
 from brewnet.errors import SolverError
 from brewnet.io.hdf5 import save_hdf5
+from brewnet.io.legacy import upgrade_solver
 from brewnet.io.model import save_caffemodel
 from brewnet.io.prototxt import read_text
 from brewnet.layers.base import TEST, TRAIN
@@ -34,7 +35,6 @@ from brewnet.solvers.parameter import (
     check_general_fields,
     count_test_nets,
     read_solver_parameter,
-    upgrade_solver_type,
 )
 
 logger = logging.getLogger("brewnet.solver")
@@ -578,6 +578,7 @@ class Solver:
         else:
             record = snapshot_io.read_state_proto(path)
         self.iter = record.iter
+        self._iterations_last = None
         if record.learned_net:
             self.net.copy_from(_locate_learned_net(record.learned_net, path))
         self.current_step = record.current_step
@@ -613,7 +614,7 @@ def _load_parameter(
         copy = caffe_pb2.SolverParameter()
         copy.CopyFrom(param)
         name = source or "<SolverParameter>"
-        upgrade_solver_type(copy, name)
+        upgrade_solver(copy, name)
         return copy, name
     path = os.fspath(param)
     return read_solver_parameter(path), source or path

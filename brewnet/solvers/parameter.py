@@ -13,22 +13,13 @@ import logging
 import os
 
 from brewnet.errors import SolverError
+from brewnet.io.legacy import upgrade_solver
 from brewnet.io.prototxt import read_text
 from brewnet.proto import caffe_pb2
 
 logger = logging.getLogger("brewnet.solver")
 
 SolverParameter = caffe_pb2.SolverParameter
-
-# The legacy enum values and the type names that replace them.
-LEGACY_TYPE_NAMES = {
-    SolverParameter.SGD: "SGD",
-    SolverParameter.NESTEROV: "Nesterov",
-    SolverParameter.ADAGRAD: "AdaGrad",
-    SolverParameter.RMSPROP: "RMSProp",
-    SolverParameter.ADADELTA: "AdaDelta",
-    SolverParameter.ADAM: "Adam",
-}
 
 TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
@@ -47,36 +38,9 @@ def read_solver_parameter(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
     """
     path = os.fspath(path)
     param = read_text(path, caffe_pb2.SolverParameter())
-    upgrade_solver_type(param, path)
+    upgrade_solver(param, path)
     _upgrade_snapshot_prefix(param, path)
     return param
-
-
-def upgrade_solver_type(param: caffe_pb2.SolverParameter, source: str) -> None:
-    """Replace the legacy ``solver_type`` enum of ``param`` by the ``type`` string."""
-    if not param.HasField("solver_type"):
-        return
-    if param.HasField("type"):
-        raise SolverError(
-            f"{source}: both the legacy field solver_type "
-            f"({SolverParameter.SolverType.Name(param.solver_type)}) and type "
-            f"('{param.type}') are given; keep only type"
-        )
-    logger.info(
-        "Attempting to upgrade input file specified using deprecated 'solver_type' "
-        "field (enum)': %s",
-        source,
-    )
-    param.type = LEGACY_TYPE_NAMES[param.solver_type]
-    param.ClearField("solver_type")
-    logger.info(
-        "Successfully upgraded file specified using deprecated 'solver_type' field "
-        "(enum) to 'type' field (string)."
-    )
-    logger.warning(
-        "Note that future Caffe releases will only support 'type' field (string) for "
-        "a solver's type."
-    )
 
 
 def _upgrade_snapshot_prefix(param: caffe_pb2.SolverParameter, path: str) -> None:
