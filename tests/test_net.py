@@ -587,3 +587,11 @@ layer { name: "relu" type: "ReLU" bottom: "y" top: "y" }
     net.forward(x=np.array([-1.0, 2.0]))
     # The weight still applies to the Power output, before the ReLU rewrites it.
     assert net.loss == pytest.approx(3.0)
+
+
+def test_legacy_inputs_without_shape_are_dropped(tmp_path, caplog):
+    text = 'input: "data"\nlayer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+    with caplog.at_level(logging.WARNING, logger="brewnet"):
+        net = build(tmp_path, text, brewnet.TEST)
+    assert "have no input_shape or input_dim and are dropped" in caplog.text
+    assert list(net.blobs) == ["x"]

@@ -51,9 +51,13 @@ def upgrade_net_input(net: caffe_pb2.NetParameter, source: str = "<net>") -> Non
         dims = list(net.input_dim)
         shapes = [caffe_pb2.BlobShape(dim=dims[4 * i : 4 * i + 4]) for i in range(len(names))]
     else:
-        raise NetDefinitionError(
-            f"{source}: net inputs {names} have no shape; add input_shape or input_dim"
+        # Old Caffe wrote models whose inputs carry no shape; Caffe drops them.
+        logger.warning(
+            "%s: net-level inputs %s have no input_shape or input_dim and are dropped, "
+            "as Caffe drops them; give them shapes to keep them", source, names,
         )
+        net.ClearField("input")
+        return
 
     layer = caffe_pb2.LayerParameter(name="input", type="Input", top=names)
     layer.input_param.shape.extend(shapes)
