@@ -216,15 +216,14 @@ def run_train(args: argparse.Namespace) -> int:
             raise CommandError(f"-iterations must be >= 0, got {args.iterations}")
         param.max_iter = args.iterations
 
-    solver = solvers.get_solver(param)
+    solver = solvers.get_solver(param, source=solver_path)
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         solver.set_action_function(actions.requested_action)
         _attach_progress(solver)
         if args.snapshot:
             logger.info("Resuming from %s", args.snapshot)
-            solver.restore(args.snapshot)
         logger.info("Starting Optimization")
-        solver.solve()
+        solver.solve(args.snapshot or None)
     logger.info("Optimization Done.")
     return 0
 
