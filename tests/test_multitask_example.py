@@ -174,6 +174,7 @@ class LogCapture:
         self.logger.setLevel(self.previous_level)
 
 
+@pytest.mark.slow
 def test_training_runs_all_iterations(trained):
     solver, terms, _ = trained
     assert solver.iter == ITERATIONS
@@ -181,6 +182,7 @@ def test_training_runs_all_iterations(trained):
     assert np.isfinite(terms).all()
 
 
+@pytest.mark.slow
 def test_class_loss_falls(trained):
     _, terms, _ = trained
     first = terms[:WINDOW, 0].mean()
@@ -190,6 +192,7 @@ def test_class_loss_falls(trained):
     assert last < 0.25 * first
 
 
+@pytest.mark.slow
 def test_reconstruction_loss_falls(trained):
     _, terms, _ = trained
     first = terms[:WINDOW, 1].mean()
@@ -201,6 +204,7 @@ def test_reconstruction_loss_falls(trained):
     assert last > 125
 
 
+@pytest.mark.slow
 def test_log_shows_both_terms_every_display(trained):
     _, _, lines = trained
     rows = parse_outputs(lines, "Train")
@@ -209,6 +213,7 @@ def test_log_shows_both_terms_every_display(trained):
     assert names == [CLASS_LOSS, RECONSTRUCTION_LOSS] * displays
 
 
+@pytest.mark.slow
 def test_log_contribution_is_weight_times_value(trained):
     _, _, lines = trained
     rows = parse_outputs(lines, "Train")
@@ -220,6 +225,7 @@ def test_log_contribution_is_weight_times_value(trained):
         assert float(contribution) == pytest.approx(float(weight) * value, rel=1e-5), name
 
 
+@pytest.mark.slow
 def test_log_loss_is_sum_of_contributions(trained):
     _, _, lines = trained
     rows = parse_outputs(lines, "Train")
@@ -236,6 +242,7 @@ def test_log_loss_is_sum_of_contributions(trained):
         assert loss == pytest.approx(total, rel=1e-5), index
 
 
+@pytest.mark.slow
 def test_log_terms_match_blob_values(trained):
     _, terms, lines = trained
     rows = parse_outputs(lines, "Train")
@@ -253,6 +260,7 @@ def test_log_terms_match_blob_values(trained):
             assert contribution == expected, (index, name)
 
 
+@pytest.mark.slow
 def test_test_net_scores_accuracy(trained):
     solver, _, lines = trained
     rows = parse_outputs(lines, "Test")
