@@ -595,3 +595,16 @@ def test_legacy_inputs_without_shape_are_dropped(tmp_path, caplog):
         net = build(tmp_path, text, brewnet.TEST)
     assert "have no input_shape or input_dim and are dropped" in caplog.text
     assert list(net.blobs) == ["x"]
+
+
+def test_softmax_loss_without_top_gets_automatic_top(tmp_path):
+    text = """
+layer { name: "x" type: "Input" top: "x" top: "y"
+  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" }
+"""
+    net = build(tmp_path, text)
+    feed(net, x=np.array([[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]), y=np.array([0.0, 2.0]))
+    net.forward()
+    # Case A of the loss references: the same scores and labels give 0.765126348.
+    assert net.loss == pytest.approx(0.765126348, rel=1e-6)

@@ -122,7 +122,8 @@ def softmax_with_loss(
     axis: int = 1,
     ignore_label: int | None = None,
     normalization: int = VALID,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_prob: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return (loss, prob): the normalized sum of ``-log(max(p_label, FLT_MIN))``.
 
     Args:
@@ -137,8 +138,9 @@ def softmax_with_loss(
             :func:`loss_normalizer`).
 
     Returns:
-        The scalar loss, and the softmax of ``scores`` along ``axis``. The
-        probabilities are detached because Caffe sends no gradient through that top.
+        The scalar loss, and the softmax of ``scores`` along ``axis`` (None unless
+        ``with_prob``). The probabilities are detached because Caffe sends no
+        gradient through that top.
     """
     outer = count(scores.shape, 0, axis)
     classes = scores.shape[axis]
@@ -157,7 +159,7 @@ def softmax_with_loss(
     else:
         valid_count = None
     loss = -picked.sum() / loss_normalizer(normalization, outer, inner, valid_count)
-    prob = torch.softmax(scores.detach(), dim=axis)
+    prob = torch.softmax(scores.detach(), dim=axis) if with_prob else None
     return loss, prob
 
 
@@ -483,10 +485,12 @@ class SoftmaxWithLossLayer(LossLayer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         scores, labels = bottom
         self.check_labels(labels, scores.shape[self.axis], self.ignore)
+        # A SoftmaxWithLoss without tops still has Caffe's automatic loss top.
+        with_prob = len(self.param.top) > 1
         loss, prob = softmax_with_loss(
-            scores, labels, self.axis, self.ignore, self.normalization
+            scores, labels, self.axis, self.ignore, self.normalization, with_prob
         )
-        return [loss, prob][: len(self.param.top)]
+        return [loss, prob] if with_prob else [loss]
 
 
 @register_layer

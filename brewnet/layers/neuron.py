@@ -34,6 +34,8 @@ def relu(x: torch.Tensor, negative_slope: float = 0.0) -> torch.Tensor:
 
     The gradient at ``x == 0`` is ``negative_slope``, as in Caffe.
     """
+    if negative_slope == 0:
+        return torch.relu(x)  # the same values and gradient, with a faster kernel
     return F.leaky_relu(x, negative_slope)
 
 
