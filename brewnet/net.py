@@ -29,6 +29,7 @@ from brewnet.io.upgrade import upgrade_net
 from brewnet.layers import layer_class
 from brewnet.layers.base import TEST, TRAIN, Layer
 from brewnet.proto import caffe_pb2
+from brewnet.pycaffe import PycaffeNet
 from brewnet.state import filter_net, make_state
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def load_net_parameter(model: str | os.PathLike | caffe_pb2.NetParameter) -> tup
     return upgrade_net(param, path), path, text
 
 
-class Net:
+class Net(PycaffeNet):
     """A Caffe net built for one phase, with pycaffe's surface.
 
     ``Net(model, phase)``, ``Net(model, weights, phase)`` and the keyword forms
@@ -122,8 +123,9 @@ class Net:
     # =================================================================== building
     def _build(self) -> None:
         self.blobs: OrderedDict[str, Blob] = OrderedDict()
-        self.layers: list[Layer] = []
-        self.layer_dict: OrderedDict[str, Layer] = OrderedDict()
+        # The layer objects; the pycaffe views are net.layers and net.layer_dict.
+        self._layers: list[Layer] = []
+        self._layer_dict: OrderedDict[str, Layer] = OrderedDict()
         self.params: OrderedDict[str, list[ParamBlob]] = OrderedDict()
         self.learnable_params: list[LearnableParam] = []
         self._steps: list[_Step] = []
@@ -159,7 +161,7 @@ class Net:
         blob_need_backward: dict[str, bool],
     ) -> _Step:
         name = layer_param.name
-        if name in self.layer_dict:
+        if name in self._layer_dict:
             # Caffe accepts repeated names; lookups by name then find the last layer.
             logger.warning(
                 "%s: more than one layer is named '%s'; lookups by name (weights "
@@ -249,8 +251,8 @@ class Net:
             bottom_need_backward=bottom_need_backward,
             first_writer=first_writer,
         )
-        self.layers.append(layer)
-        self.layer_dict[name] = layer
+        self._layers.append(layer)
+        self._layer_dict[name] = layer
         self.bottom_names[name] = bottom_names
         self.top_names[name] = top_names
         self._steps.append(step)
@@ -332,7 +334,7 @@ class Net:
     ) -> torch.Tensor:
         if spec.name and spec.name in self._param_owners:
             owner_name, owner_index, owner_spec = self._param_owners[spec.name]
-            owner = self.layer_dict[owner_name].blobs[owner_index]
+            owner = self._layer_dict[owner_name].blobs[owner_index]
             _check_shared_shape(spec, owner_name, owner, layer.name, tensor)
             learnable = self._learnable_for(owner)
             for field_name in ("lr_mult", "decay_mult"):
@@ -706,8 +708,8 @@ class Net:
         Raises:
             NetDefinitionError: a same-named layer has another number or shape of blobs.
         """
-        for layer in self.layers:
-            source = other.layer_dict.get(layer.name)
+        for layer in self._layers:
+            source = other._layer_dict.get(layer.name)
             if source is None or not layer.blobs:
                 continue
             if len(source.blobs) != len(layer.blobs):
@@ -725,7 +727,7 @@ class Net:
                 layer.blobs[index] = tensor
                 self.params[layer.name][index].tensor = tensor
         for learnable in self.learnable_params:
-            learnable.tensor = self.layer_dict[learnable.layer_name].blobs[learnable.index]
+            learnable.tensor = self._layer_dict[learnable.layer_name].blobs[learnable.index]
 
     @property
     def net_param(self) -> caffe_pb2.NetParameter:
@@ -738,7 +740,7 @@ class Net:
 
     def __repr__(self) -> str:
         phase = "TRAIN" if self.phase == TRAIN else "TEST"
-        return f"<Net '{self.name}' {phase}, {len(self.layers)} layers>"
+        return f"<Net '{self.name}' {phase}, {len(self._layers)} layers>"
 
 
 AUTOMATIC_TOP = "(automatic)"

@@ -25,11 +25,11 @@ class _LayerClock:
 
     def __init__(self, net: Net) -> None:
         self.net = net
-        self.forward_ms = [0.0] * len(net.layers)
-        self.backward_ms = [0.0] * len(net.layers)
+        self.forward_ms = [0.0] * len(net._layers)
+        self.backward_ms = [0.0] * len(net._layers)
         self.events: list[tuple[float, int]] = []
         self._saved = []
-        for index, layer in enumerate(net.layers):
+        for index, layer in enumerate(net._layers):
             self._saved.append((layer, layer.__dict__.get("forward")))
             layer.forward = self._wrap(index, layer.forward)
 
@@ -99,7 +99,7 @@ def time_net(net: Net, iterations: int) -> dict[str, float]:
         for iteration in range(iterations):
             net.clear_param_diffs()
             started = _now(device)
-            loss = net._run_forward(0, len(net.layers) - 1)
+            loss = net._run_forward(0, len(net._layers) - 1)
             middle = _now(device)
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 loss.backward()
@@ -115,7 +115,7 @@ def time_net(net: Net, iterations: int) -> dict[str, float]:
         clock.restore()
     total_ms = (_now(device) - total_started) * 1e3
     logger.info("Average time per layer: ")
-    for index, layer in enumerate(net.layers):
+    for index, layer in enumerate(net._layers):
         logger.info("%10s\tforward: %g ms.", layer.name, clock.forward_ms[index] / iterations)
         logger.info("%10s\tbackward: %g ms.", layer.name, clock.backward_ms[index] / iterations)
     averages = {

@@ -286,7 +286,7 @@ def test_batchnorm_statistics_blobs_frozen():
     assert [spec.lr_mult for spec in param_specs] == [0.0, 0.0, 0.0]
     owned = [p for p in net.learnable_params if p.layer_name == "L"]
     assert [p.lr_mult for p in owned] == [0.0, 0.0, 0.0]
-    assert not any(t.requires_grad for t in net.layer_dict["L"].blobs)
+    assert not any(t.requires_grad for t in net._layer_dict["L"].blobs)
 
 
 def test_batchnorm_explicit_zero_lr_mult_accepted():
