@@ -336,3 +336,15 @@ def test_hdf5_round_trip(tmp_path):
     fresh.load_hdf5(str(path))
     np.testing.assert_array_equal(fresh.params["ip"][0].data, W)
     np.testing.assert_array_equal(fresh.params["ip"][1].data, B)
+
+
+def test_forward_backward_all_without_output_diffs(tmp_path):
+    net = make_net(tmp_path, caffe.TEST)
+    outs, diffs = net.forward_backward_all(x=X[:1].repeat(3, 0), t=np.zeros((3, 2)))
+    assert outs["loss"].shape == (2,)
+    assert set(diffs) == {"x", "t"}
+    assert diffs["x"].shape == (3, 3)
+    # Backward starts from the loss, and param diffs add up over both batches:
+    # h = [0, 4] for x0 and [0, 1] for the zero pad row; the bias diff per row is
+    # h / 2, so (2 + 2) + (2 + 0.5) = 6.5 for the second output.
+    np.testing.assert_allclose(net.params["ip"][1].diff, [0.0, 6.5])
