@@ -61,10 +61,15 @@ class LayerView:
         return self._layer
 
     def __getattr__(self, name: str):
+        if name == "_layer":  # not yet set, as in a copy under construction
+            raise AttributeError(name)
         return getattr(self._layer, name)
 
     def __setattr__(self, name: str, value) -> None:
-        setattr(self._layer, name, value)
+        if name == "_layer":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._layer, name, value)
 
     def __repr__(self) -> str:
         return f"<LayerView '{self._layer.name}' ({self._layer.type})>"

@@ -348,3 +348,12 @@ def test_forward_backward_all_without_output_diffs(tmp_path):
     # h = [0, 4] for x0 and [0, 1] for the zero pad row; the bias diff per row is
     # h / 2, so (2 + 2) + (2 + 0.5) = 6.5 for the second output.
     np.testing.assert_allclose(net.params["ip"][1].diff, [0.0, 6.5])
+
+
+def test_layer_view_copy(tmp_path):
+    import copy
+
+    net = make_net(tmp_path, caffe.TEST)
+    view = copy.copy(net.layers[2])
+    assert view.layer is net._layers[2]
+    assert view.type == "InnerProduct"
