@@ -62,6 +62,8 @@ class _Step:
     first_writer: list[bool] = field(default_factory=list)
     # The top tensors of the last forward pass, in top order.
     outputs: list[torch.Tensor] = field(default_factory=list)
+    # The bottom tensors the last forward pass read, before any detaching.
+    inputs: list[torch.Tensor] = field(default_factory=list)
     # Set at build time: whether some bottom must be detached before the call.
     detach_any: bool = False
     # Indices of tops that carry a nonzero loss weight.
@@ -453,6 +455,7 @@ class Net(PycaffeNet):
                 step.outputs = [blob.tensor for blob in step.tops]
             else:
                 bottom = [blob.tensor for blob in step.bottoms]
+                step.inputs = bottom
                 if step.detach_any:
                     bottom = [
                         t if need else t.detach()
@@ -648,6 +651,10 @@ class Net(PycaffeNet):
         for step in steps:
             if not step.need_backward and not any(step.bottom_need_backward):
                 continue
+            # A blob created before the range: the version its first reader read.
+            for blob, tensor, need in zip(step.bottoms, step.inputs, step.bottom_need_backward):
+                if need and blob.name not in chosen and tensor.requires_grad:
+                    chosen[blob.name] = (blob, tensor)
             for index, blob in enumerate(step.tops):
                 if step.first_writer[index] and blob.name not in chosen:
                     output = step.outputs[index] if index < len(step.outputs) else None

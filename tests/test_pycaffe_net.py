@@ -226,9 +226,6 @@ def test_backward_range_and_diffs(tmp_path):
     np.testing.assert_allclose(out["h"], [[0.0, 1.5], [1.0, 1.25]])
 
 
-# NOTE: brewnet.Net.backward leaves the diff of an in-place blob at zero when the
-# layer that created the blob lies outside the range (ip creates h here).
-@pytest.mark.xfail(strict=True, reason="backward range misses in-place blob diffs")
 def test_backward_range_without_creator(tmp_path):
     net = make_net(tmp_path, caffe.TEST)
     net.blobs["x"].data[...] = X
