@@ -152,6 +152,7 @@ class Net(PycaffeNet):
         self.outputs = list(available)
         self._decide_backward()
         self._finish_param_grads()
+        self._load_inline_blobs()
         self.loss: float | None = None
         for name in self.outputs:
             logger.info("This network produces output %s", name)
@@ -166,8 +167,9 @@ class Net(PycaffeNet):
         if name in self._layer_dict:
             # Caffe accepts repeated names; lookups by name then find the last layer.
             logger.warning(
-                "%s: more than one layer is named '%s'; lookups by name (weights "
-                "files, layer_dict) use the last one", self.source, name,
+                "%s: more than one layer is named '%s'; binary weights files load "
+                "into the first of them, HDF5 weights and layer_dict use the last",
+                self.source, name,
             )
         try:
             cls = layer_class(layer_param.type)
@@ -431,6 +433,20 @@ class Net(PycaffeNet):
         self._input_leaves = [
             self.blobs[name] for name in self.inputs if name in consumers_needing
         ]
+
+    def _load_inline_blobs(self) -> None:
+        """Start layers from the ``blobs`` written in their definition, as Caffe does.
+
+        Old nets and V1 models carry their weights inside the layer definitions.
+        """
+        layers = [layer for layer in self._param.layer if layer.blobs]
+        if not layers:
+            return
+        from brewnet.io.model import copy_layers_from_proto
+
+        copy_layers_from_proto(self, layers, self.source)
+        for layer in self._param.layer:
+            del layer.blobs[:]
 
     def _where(self, field_name: str, value: str) -> str:
         if self._source_text is None:

@@ -608,3 +608,22 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" }
     net.forward()
     # Case A of the loss references: the same scores and labels give 0.765126348.
     assert net.loss == pytest.approx(0.765126348, rel=1e-6)
+
+
+def test_blobs_in_the_definition_initialize_the_layer(tmp_path):
+    text = LINEAR.replace(
+        "inner_product_param {",
+        "blobs { shape { dim: 1 dim: 2 } data: 0.25 data: -1.0 } inner_product_param {",
+    )
+    net = build(tmp_path, text)
+    np.testing.assert_array_equal(net.params["ip"][0].data, [[0.25, -1.0]])
+    assert not net.net_param.layer[2].blobs
+
+
+def test_blobs_in_the_definition_with_wrong_shape(tmp_path):
+    text = LINEAR.replace(
+        "inner_product_param {",
+        "blobs { shape { dim: 2 dim: 2 } data: 1 data: 2 data: 3 data: 4 } inner_product_param {",
+    )
+    with pytest.raises(brewnet.errors.ModelFileError, match="layer 'ip'"):
+        build(tmp_path, text)
