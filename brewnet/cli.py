@@ -298,14 +298,13 @@ def _g(value: float) -> str:
 
 # =============================================================================== time
 def run_time(args: argparse.Namespace) -> int:
-    import brewnet
-    from brewnet.timing import time_net
+    from brewnet.timing import time_net, timing_net
 
     model = _require_file(_require(args.model, "model", "give the net prototxt to time"), "model")
     if args.iterations <= 0:
         raise CommandError(f"-iterations must be > 0, got {args.iterations}")
     _select_device(args.gpu)
-    net = brewnet.Net(model, _phase(args.phase), level=args.level, stages=_stages(args.stage))
+    net = timing_net(model, _phase(args.phase), args.level, _stages(args.stage))
     time_net(net, args.iterations)
     return 0
 

@@ -75,6 +75,31 @@ class _LayerClock:
                 layer.forward = original
 
 
+def _backward(net: Net, loss) -> None:
+    """Backpropagate the loss or, in a net without one, a gradient of ones on its
+    outputs, so that every layer's backward runs as in ``caffe time``."""
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        loss.backward()
+        return
+    outputs = [net.blobs[name].tensor for name in net.outputs]
+    outputs = [tensor for tensor in outputs if tensor.requires_grad]
+    if outputs:
+        torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+
+
+def timing_net(model, phase: int, level: int = 0, stages=()) -> Net:
+    """Build ``model`` for timing: a net without weighted tops is built again with
+    ``force_backward``, so that its layers record the graph that backward times."""
+    from brewnet.net import Net
+
+    net = Net(model, phase, level=level, stages=list(stages))
+    if any(net.blob_loss_weights.values()) or net.net_param.force_backward:
+        return net
+    param = net.net_param
+    param.force_backward = True
+    return Net(param, phase, level=level, stages=list(stages))
+
+
 def time_net(net: Net, iterations: int) -> dict[str, float]:
     """Time ``iterations`` forward-backward passes of ``net`` and log Caffe's report.
 
@@ -101,8 +126,7 @@ def time_net(net: Net, iterations: int) -> dict[str, float]:
             started = _now(device)
             loss = net._run_forward(0, len(net._layers) - 1)
             middle = _now(device)
-            if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                loss.backward()
+            _backward(net, loss)
             finished = _now(device)
             clock.account_backward(finished)
             forward_total += (middle - started) * 1e3

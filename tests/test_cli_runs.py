@@ -146,3 +146,16 @@ def test_signal_stops_with_final_snapshot(tmp_path, signum, effect_flag):
     snapshots = sorted(p.name for p in tmp_path.glob("snap_iter_*.caffemodel"))
     assert len(snapshots) == 1, log
     assert "Optimization Done." in log
+
+
+def test_time_command_runs_backward_of_a_deploy_net(tmp_path):
+    (tmp_path / "deploy.prototxt").write_text("""
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+""")
+    result = run(tmp_path, "time", "-model", "deploy.prototxt", "-iterations", "2")
+    assert result.returncode == 0, result.stderr
+    backward = re.search(r"\s+ip\tbackward: ([\d.e+-]+) ms\.", result.stderr)
+    assert backward is not None
+    assert float(backward.group(1)) > 0
