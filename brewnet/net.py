@@ -486,7 +486,8 @@ class Net(PycaffeNet):
                 for blob, output in zip(step.tops, outputs):
                     blob._data = output
             for index in step.weighted:
-                loss = loss + step.loss_weights[index] * step.outputs[index].sum()
+                term = _weighted_sum(step.outputs[index], step.loss_weights[index])
+                loss = term if isinstance(loss, float) else loss + term
         return loss
 
     def _cut_graph_at(self, start: int, end: int) -> None:
@@ -818,6 +819,13 @@ def _check_shared_shape(
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _weighted_sum(top: torch.Tensor, weight: float) -> torch.Tensor:
+    """Return ``weight * sum(top)`` with no extra operations for the common scalar
+    loss of weight 1, which keeps the autograd graph of a training step small."""
+    total = top if top.dim() == 0 else top.sum()
+    return total if weight == 1.0 else total * weight
 
 
 def _scalar(loss: torch.Tensor | float) -> float:

@@ -426,7 +426,9 @@ def max_pool2d(
     costs nothing, which is the common one-top case.
 
     NOTE: a NaN in a window wins here (torch's max pooling propagates it), whereas
-    Caffe's comparisons skip NaN values.
+    Caffe's comparisons skip NaN values. Without the mask, a window whose inputs are
+    all -inf gives -inf where Caffe gives -FLT_MAX: clamping every output would cost
+    a pass over the top in every forward and backward.
     """
     height, width = x.shape[-2:]
     output_shape = pool_output_shape((height, width), kernel, stride, pad, ceil_mode)
@@ -436,7 +438,7 @@ def max_pool2d(
             values = F.max_pool2d(x, kernel, stride)
             if tuple(values.shape[-2:]) != tuple(output_shape):
                 values = values[..., : output_shape[0], : output_shape[1]]
-            return values.clamp_min(-FLT_MAX), None
+            return values, None
         values, index = F.max_pool2d(x, kernel, stride, return_indices=True)
         values = values[..., : output_shape[0], : output_shape[1]]
         mask = index[..., : output_shape[0], : output_shape[1]]
@@ -448,7 +450,7 @@ def max_pool2d(
         cols = torch.remainder(index, padded_width) - pad[1]
         mask = rows * width + cols
         if not with_mask:
-            return values.clamp_min(-FLT_MAX), None
+            return values, None
     lowest = values <= -FLT_MAX
     values = torch.where(lowest, -FLT_MAX, values)
     mask = torch.where(lowest, -1, mask).to(x.dtype)
