@@ -412,10 +412,12 @@ class LossLayer(Layer):
         """Raise unless every label is in ``[0, num_classes)`` or ``ignore_label``."""
         if is_meta(labels):
             return
-        values = integer_labels(labels).reshape(-1)
-        bad = (values < 0) | (values >= num_classes)
+        # On the float labels: truncation toward zero maps (-1, num_classes) into
+        # [0, num_classes), so this equals the check on the integer labels.
+        values = labels.detach().reshape(-1)
+        bad = (values <= -1) | (values >= num_classes)
         if ignore_label is not None:
-            bad &= values != int(ignore_label)
+            bad &= torch.trunc(values) != int(ignore_label)
         if not bool(bad.any()):
             return
         position = int(bad.nonzero()[0, 0])
