@@ -19,7 +19,48 @@ def shape_string(shape: Sequence[int]) -> str:
     return f"{dims} ({total})" if dims else f"({total})"
 
 
-class Blob:
+def reshape_arguments(name: str, shape: tuple) -> Shape:
+    """Return the shape that ``reshape(*shape)`` or ``reshape(shape)`` asks for.
+
+    Raises:
+        ValueError: a dimension is negative.
+    """
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    new_shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in new_shape):
+        raise ValueError(f"blob '{name}': negative dimension in shape {new_shape}")
+    return new_shape
+
+
+class LegacyShape:
+    """Caffe's num/channels/height/width accessors over ``self.shape``: a missing
+    axis counts as 1."""
+
+    shape: Shape
+
+    def _legacy_dim(self, index: int) -> int:
+        shape = self.shape
+        return shape[index] if index < len(shape) else 1
+
+    @property
+    def num(self) -> int:
+        return self._legacy_dim(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy_dim(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy_dim(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy_dim(3)
+
+
+class Blob(LegacyShape):
     """A named activation: its current tensor, and its gradient after backward.
 
     ``data`` and ``diff`` are NumPy views of the tensors on the CPU, so writing into
@@ -96,34 +137,9 @@ class Blob:
             total *= dim
         return total
 
-    def _legacy_dim(self, index: int) -> int:
-        shape = self.shape
-        return shape[index] if index < len(shape) else 1
-
-    @property
-    def num(self) -> int:
-        return self._legacy_dim(0)
-
-    @property
-    def channels(self) -> int:
-        return self._legacy_dim(1)
-
-    @property
-    def height(self) -> int:
-        return self._legacy_dim(2)
-
-    @property
-    def width(self) -> int:
-        return self._legacy_dim(3)
-
     def reshape(self, *shape: int) -> None:
         """Give the blob a new shape; its data and diff become zeros of that shape."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        new_shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in new_shape):
-            raise ValueError(f"blob '{self.name}': negative dimension in shape {new_shape}")
-        self._shape = new_shape
+        self._shape = reshape_arguments(self.name, shape)
         self._data = None
         self._diff = None
 
@@ -159,11 +175,10 @@ class ParamBlob(Blob):
 
     def reshape(self, *shape: int) -> None:
         """Give the parameter a new shape (data zeros), keeping the same tensor object."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
         with torch.no_grad():
             self._data.data = torch.zeros(
-                tuple(int(d) for d in shape), dtype=self._data.dtype, device=self._data.device
+                reshape_arguments(self.name, shape),
+                dtype=self._data.dtype, device=self._data.device,
             )
         self._data.grad = None
 

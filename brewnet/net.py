@@ -639,7 +639,7 @@ class Net(PycaffeNet):
                 top = step.tops[index]
                 output = step.outputs[index]
                 if top.name in self.outputs and output is top._data:
-                    # An output's diff holds its loss weight unless the user changed it.
+                    # An output's diff contains its loss weight unless the user changed it.
                     weighted_outputs.add(top.name)
                     terms.append((output * top.grad.detach()).sum())
                 elif output.requires_grad:

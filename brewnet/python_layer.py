@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from brewnet.blob import ParamBlob, shape_string
+from brewnet.blob import LegacyShape, ParamBlob, reshape_arguments, shape_string
 from brewnet.layers.base import TRAIN
 
 if TYPE_CHECKING:
     from brewnet.layers.python import PythonLayer
 
 
-class ArrayBlob:
+class ArrayBlob(LegacyShape):
     """A bottom or top blob of a Python layer: NumPy ``data`` and ``diff`` arrays.
 
     A top starts with shape (0,) until the layer's ``reshape`` gives it one.
@@ -70,33 +70,9 @@ class ArrayBlob:
     def count(self) -> int:
         return int(self._data.size)
 
-    def _legacy_dim(self, index: int) -> int:
-        shape = self.shape
-        return shape[index] if index < len(shape) else 1
-
-    @property
-    def num(self) -> int:
-        return self._legacy_dim(0)
-
-    @property
-    def channels(self) -> int:
-        return self._legacy_dim(1)
-
-    @property
-    def height(self) -> int:
-        return self._legacy_dim(2)
-
-    @property
-    def width(self) -> int:
-        return self._legacy_dim(3)
-
     def reshape(self, *shape: int) -> None:
         """Give the blob a new shape; an unchanged shape keeps the data and diff."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        new_shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in new_shape):
-            raise ValueError(f"blob '{self.name}': negative dimension in shape {new_shape}")
+        new_shape = reshape_arguments(self.name, shape)
         if new_shape != self.shape:
             self._data = np.zeros(new_shape, dtype=self._dtype)
             self._diff = np.zeros(new_shape, dtype=self._dtype)
