@@ -685,3 +685,21 @@ def test_upgraded_blob_shapes_survive_a_save(tmp_path):
         torch.from_numpy(np.array(conv.blobs[0].data, dtype=np.float32)),
         torch.from_numpy(CONV_WEIGHT.ravel()),
     )
+
+
+def test_window_data_keeps_its_scale():
+    from google.protobuf import text_format
+
+    from brewnet.io.legacy import upgrade_data_transformation
+    from brewnet.proto import caffe_pb2
+
+    net = text_format.Parse(
+        'layer { name: "w" type: "WindowData" top: "data" top: "label" '
+        'window_data_param { source: "w.txt" scale: 0.5 crop_size: 8 } }',
+        caffe_pb2.NetParameter(),
+    )
+    upgrade_data_transformation(net)
+    param = net.layer[0].window_data_param
+    assert param.scale == 0.5
+    assert not param.HasField("crop_size")
+    assert net.layer[0].transform_param.crop_size == 8

@@ -435,12 +435,23 @@ def _data_layer_params(net: caffe_pb2.NetParameter):
             yield layer, getattr(layer, name)
 
 
+def _movable_fields(layer) -> tuple[str, ...]:
+    """Return the transformation fields to move out of ``layer``'s data parameters.
+
+    A current WindowData layer keeps ``scale``: Caffe's WindowData reads the scale
+    from ``window_data_param`` only.
+    """
+    if isinstance(layer, caffe_pb2.LayerParameter) and layer.type == "WindowData":
+        return tuple(name for name in _TRANSFORM_FIELDS if name != "scale")
+    return tuple(_TRANSFORM_FIELDS)
+
+
 def needs_data_upgrade(net: caffe_pb2.NetParameter) -> bool:
     """Return whether a data layer sets transformation fields in its own parameters."""
     return any(
         param.HasField(name)
-        for _, param in _data_layer_params(net)
-        for name in _TRANSFORM_FIELDS
+        for layer, param in _data_layer_params(net)
+        for name in _movable_fields(layer)
     )
 
 
@@ -455,7 +466,7 @@ def upgrade_data_transformation(net: caffe_pb2.NetParameter) -> None:
     written in the old place is not silently lost.
     """
     for layer, param in list(_data_layer_params(net)):
-        for name in _TRANSFORM_FIELDS:
+        for name in _movable_fields(layer):
             if param.HasField(name):
                 setattr(layer.transform_param, name, getattr(param, name))
                 param.ClearField(name)
