@@ -491,11 +491,16 @@ class Net(PycaffeNet):
         return loss
 
     def _cut_graph_at(self, start: int, end: int) -> None:
-        """Make the blobs that steps ``start..end`` read from earlier layers leaves."""
+        """Prepare the blobs that steps ``start..end`` read from earlier layers.
+
+        A blob still attached to the graph of an earlier forward pass stays attached,
+        so that a later backward reaches the layers before ``start`` through the
+        stored values, as Caffe's does. Any other blob becomes a leaf.
+        """
         produced: set[str] = set()
         for step in self._steps[start : end + 1]:
             for blob, need in zip(step.bottoms, step.bottom_need_backward):
-                if blob.name not in produced:
+                if blob.name not in produced and not blob.tensor.requires_grad:
                     blob._data = blob.tensor.detach().requires_grad_(need)
             produced.update(blob.name for blob in step.tops)
 
@@ -609,7 +614,17 @@ class Net(PycaffeNet):
             for blob, _ in blob_targets:
                 blob.grad = torch.zeros(blob.shape, dtype=self.dtype, device=self.device)
         else:
-            grads = torch.autograd.grad(objective, targets, retain_graph=True, allow_unused=True)
+            try:
+                grads = torch.autograd.grad(
+                    objective, targets, retain_graph=True, allow_unused=True
+                )
+            except RuntimeError as error:
+                if "second time" not in str(error):
+                    raise
+                raise RuntimeError(
+                    f"net '{self.name}': the graph of the last forward pass was freed "
+                    f"by a training step; run net.forward() before net.backward()"
+                ) from None
             for (kind, sink), grad in zip(sinks, grads):
                 if kind == "param":
                     if grad is not None:
@@ -644,12 +659,18 @@ class Net(PycaffeNet):
                     terms.append((output * top.grad.detach()).sum())
                 elif output.requires_grad:
                     terms.append(step.loss_weights[index] * output.sum())
+        # The first layer of the range starts from its tops' diffs, as Caffe's
+        # Backward does: values the caller wrote, or left by an earlier backward.
         last = self._steps[start_index]
-        for top in last.tops:
-            if top.name in self.outputs and top.name not in weighted_outputs:
-                seed = top.grad.detach()
-                if top._data is not None and top._data.requires_grad and bool(seed.any()):
-                    terms.append((top._data * seed).sum())
+        for index, top in enumerate(last.tops):
+            if top.name in weighted_outputs or index >= len(last.outputs):
+                continue
+            output = last.outputs[index]
+            seed = top.grad.detach()
+            if not output.requires_grad or tuple(seed.shape) != tuple(output.shape):
+                continue
+            if bool(seed.any()):
+                terms.append((output * seed).sum())
         terms = [t for t in terms if t.requires_grad]
         if not terms:
             return None

@@ -627,3 +627,44 @@ def test_blobs_in_the_definition_with_wrong_shape(tmp_path):
     )
     with pytest.raises(brewnet.errors.ModelFileError, match="layer 'ip'"):
         build(tmp_path, text)
+
+
+DEEP = """
+force_backward: true
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h"
+  inner_product_param { num_output: 2 bias_term: false
+    weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+layer { name: "square" type: "Power" bottom: "h" top: "y" power_param { power: 2 } }
+"""
+
+
+def test_backward_from_a_middle_layer_uses_its_top_diff(tmp_path):
+    net = build(tmp_path, DEEP)
+    net.forward(x=X, end="ip")
+    np.testing.assert_allclose(net.blobs["h"].data, [[1.5, 1.5], [1.0, 1.0]])
+    net.blobs["h"].diff[...] = [[1.0, 0.0], [0.0, 2.0]]
+    net.backward(start="ip")
+    # dL/dx = diff(h) @ W with W all 0.5.
+    np.testing.assert_allclose(net.blobs["x"].diff, [[0.5, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(net.params["ip"][0].diff, [[1.0, 2.0], [6.0, -2.0]])
+
+
+def test_backward_after_partial_forward_reaches_earlier_layers(tmp_path):
+    net = build(tmp_path, DEEP)
+    net.forward(x=X)
+    net.forward(start="square")
+    net.backward(y=np.ones((2, 2)))
+    # d(sum(h^2))/dh = 2h, then through ReLU (h > 0) and ip.
+    np.testing.assert_allclose(net.blobs["h"].diff, [[3.0, 3.0], [2.0, 2.0]])
+    np.testing.assert_allclose(net.blobs["x"].diff, [[3.0, 3.0], [2.0, 2.0]])
+
+
+def test_backward_after_training_step_needs_a_forward(tmp_path):
+    net = build(tmp_path, LINEAR)
+    feed(net, x=X, t=T)
+    net.forward_backward()
+    net.forward(start="loss")
+    with pytest.raises(RuntimeError, match="run net.forward\\(\\) before net.backward\\(\\)"):
+        net.backward()
