@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"brewnet {self.prog.split()[-1]}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("output", metavar="OUT", help="where to write the upgraded file")
 
     commands.add_parser("layers", help="list the layer types brewnet knows")
+    parser.set_defaults(subparsers=commands.choices)
     return parser
 
 
@@ -202,8 +203,12 @@ def run_train(args: argparse.Namespace) -> int:
     param.train_state.level = args.level
     for stage in _stages(args.stage):
         param.train_state.stage.append(stage)
-    _select_device(args.gpu)
-    param.solver_mode = caffe_pb2.SolverParameter.GPU if args.gpu else caffe_pb2.SolverParameter.CPU
+    _select_device(_solver_gpu(args.gpu, param))
+    param.solver_mode = (
+        caffe_pb2.SolverParameter.GPU
+        if mode_is_gpu()
+        else caffe_pb2.SolverParameter.CPU
+    )
     if args.snapshot:
         _require_file(args.snapshot, "snapshot")
         del param.weights[:]
@@ -226,6 +231,36 @@ def run_train(args: argparse.Namespace) -> int:
         solver.solve(args.snapshot or None)
     logger.info("Optimization Done.")
     return 0
+
+
+def _solver_gpu(flag: str, param) -> str:
+    """Return the -gpu value to use: the flag, or the solver's own GPU request.
+
+    As in Caffe's tool, a solver that sets ``solver_mode: GPU`` trains on GPU
+    ``device_id`` (default 0) when no -gpu flag is given. Without a CUDA device it
+    trains on the CPU with a warning instead of failing.
+    """
+    import torch
+
+    from brewnet.proto import caffe_pb2
+
+    if flag or not param.HasField("solver_mode"):
+        return flag
+    if param.solver_mode != caffe_pb2.SolverParameter.GPU:
+        return flag
+    if not torch.cuda.is_available():
+        logger.warning(
+            "The solver asks for solver_mode: GPU, but PyTorch sees no CUDA device; "
+            "training on the CPU"
+        )
+        return ""
+    return str(param.device_id)
+
+
+def mode_is_gpu() -> bool:
+    from brewnet import mode
+
+    return mode.default_device().type == "cuda"
 
 
 def _attach_progress(solver) -> None:
@@ -337,10 +372,29 @@ def run_upgrade(args: argparse.Namespace) -> int:
         from brewnet.io.legacy import upgrade_file
     except ImportError:
         raise CommandError("this build of brewnet cannot upgrade legacy files") from None
-    _require_file(args.input, "input")
+    if not os.path.isfile(args.input):
+        raise CommandError(f"input file not found: {args.input}")
+    if _already_current(args.input):
+        logger.warning("File already in latest proto format: %s", args.input)
     upgrade_file(args.input, args.output)
     logger.info("Wrote upgraded file to %s", args.output)
     return 0
+
+
+def _already_current(path: str) -> bool:
+    """Return whether the text net at ``path`` needs no upgrade (False if unsure)."""
+    from google.protobuf import text_format
+
+    from brewnet.io.legacy import net_needs_upgrade
+    from brewnet.io.upgrade import needs_input_upgrade
+    from brewnet.proto import caffe_pb2
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            net = text_format.Parse(handle.read(), caffe_pb2.NetParameter())
+    except (UnicodeDecodeError, text_format.ParseError):
+        return False
+    return not (net_needs_upgrade(net) or needs_input_upgrade(net))
 
 
 def run_layers(args: argparse.Namespace) -> int:
@@ -364,7 +418,11 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``brewnet`` command and return its exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Report unknown flags with the usage of the subcommand they were given to.
+        owner = args.subparsers.get(args.command, parser) if args.command else parser
+        owner.error(f"unrecognized arguments: {' '.join(extras)}")
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR

@@ -39,3 +39,7 @@ class DataError(BrewnetError, RuntimeError):
 
 class ModelFileError(BrewnetError, ValueError):
     """A .caffemodel, .solverstate, .binaryproto or HDF5 weights file is invalid."""
+
+
+class DeviceError(BrewnetError, RuntimeError):
+    """The requested device (a GPU) is not available."""

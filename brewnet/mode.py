@@ -19,10 +19,12 @@ def set_mode_gpu() -> None:
     """Build new nets on the GPU chosen by :func:`set_device`.
 
     Raises:
-        RuntimeError: this PyTorch build sees no CUDA device.
+        DeviceError: this PyTorch build sees no CUDA device.
     """
+    from brewnet.errors import DeviceError
+
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             "GPU mode requested, but PyTorch sees no CUDA device; install a CUDA build "
             "of torch or use CPU mode"
         )

@@ -116,3 +116,46 @@ def test_signal_actions_map_effects():
     actions = cli.SignalActions("none", "snapshot")
     actions._handle(signal.SIGINT, None)
     assert actions.requested_action() == "none"
+
+
+def test_bad_flag_names_the_subcommand():
+    result = run("test", "--bogus", "x")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "brewnet test: error: unrecognized arguments: --bogus x"
+    assert "usage: brewnet test" in result.stderr
+
+
+def test_unknown_command_is_one_line_error():
+    result = run("frobnicate")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("brewnet: error: argument COMMAND")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_flag_without_cuda_is_one_line_error(tmp_path):
+    model = tmp_path / "net.prototxt"
+    model.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n')
+    result = run("time", "-model", str(model), "-gpu", "0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "brewnet time: error: GPU mode requested, but PyTorch sees no CUDA device"
+    )
+
+
+def test_upgrade_of_current_net_says_so(tmp_path):
+    model = tmp_path / "net.prototxt"
+    model.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n')
+    result = run("upgrade", str(model), str(tmp_path / "out.prototxt"))
+    assert result.returncode == 0, result.stderr
+    assert f"File already in latest proto format: {model}" in result.stderr
+    assert (tmp_path / "out.prototxt").is_file()
+
+
+def test_upgrade_missing_input(tmp_path):
+    result = run("upgrade", str(tmp_path / "nope.prototxt"), str(tmp_path / "out.prototxt"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"brewnet upgrade: error: input file not found: {tmp_path / 'nope.prototxt'}"
+    )

@@ -159,3 +159,14 @@ layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
     backward = re.search(r"\s+ip\tbackward: ([\d.e+-]+) ms\.", result.stderr)
     assert backward is not None
     assert float(backward.group(1)) > 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_solver_mode_gpu_falls_back_to_cpu(tmp_path):
+    write_case(tmp_path, max_iter=1)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text() + "solver_mode: GPU\n")
+    result = run(tmp_path, "train", "-solver", "solver.prototxt")
+    assert result.returncode == 0, result.stderr
+    assert "solver_mode: GPU, but PyTorch sees no CUDA device; training on the CPU" in result.stderr
+    assert "Use CPU." in result.stderr
