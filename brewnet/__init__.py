@@ -10,6 +10,7 @@ from brewnet import io
 from brewnet.blob import Blob
 from brewnet.layers import layer_type_list
 from brewnet.layers.base import TEST, TRAIN
+from brewnet.logs import init_log, log
 from brewnet.mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from brewnet.net import Net
 from brewnet.net_spec import NetSpec, params, to_proto
@@ -56,8 +57,10 @@ __all__ = [
     "NetSpec",
     "TEST",
     "TRAIN",
+    "init_log",
     "io",
     "layer_type_list",
+    "log",
     "layers",
     "params",
     "set_device",

@@ -92,3 +92,23 @@ def install(level: int = logging.INFO, stream=None) -> logging.Handler:
     root.setLevel(level)
     root.propagate = False
     return handler
+
+
+# glog's severities as pycaffe's init_log takes them: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL.
+_GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+def init_log(level: int = 0, use_stderr: bool = True) -> None:
+    """Show brewnet's log lines in glog's format, as pycaffe's ``caffe.init_log`` does.
+
+    ``level`` is glog's minimum severity (0 INFO to 3 FATAL). Without this call the
+    library logs through Python's logging and shows nothing by default.
+    """
+    if level not in _GLOG_LEVELS:
+        raise ValueError(f"init_log level must be 0, 1, 2 or 3 (glog severities), got {level}")
+    install(_GLOG_LEVELS[level], sys.stderr if use_stderr else sys.stdout)
+
+
+def log(message: str) -> None:
+    """Write ``message`` as an INFO line of brewnet's log, as pycaffe's ``caffe.log``."""
+    logging.getLogger("brewnet").info("%s", message)

@@ -57,3 +57,19 @@ def test_progress_bar_on_a_terminal():
     assert text.rstrip().endswith("25/100 loss 0.5")
     handler.finish()
     assert stream.getvalue().endswith("\r\033[K")
+
+
+def test_init_log_shows_net_setup(capsys):
+    import brewnet
+
+    brewnet.init_log(0)
+    brewnet.log("hello from a script")
+    captured = capsys.readouterr()
+    assert re.search(r"^I\d{4} .*\] hello from a script$", captured.err, re.M)
+
+
+def test_init_log_rejects_unknown_level():
+    import brewnet
+
+    with pytest.raises(ValueError, match="init_log level must be 0, 1, 2 or 3"):
+        brewnet.init_log(7)
