@@ -3,7 +3,8 @@
 A step is forward, backward and the SGD update (momentum 0.9, weight decay 5e-4,
 lr_mult 2 on biases) on a batch of 64 1x28x28 images. Both sides run the same
 arithmetic on the same device; brewnet's step goes through ``Solver.step(1)`` as
-training does. Rounds alternate between the two so that drift in machine load hits
+``brewnet train`` runs it, and a second brewnet row also keeps every blob's diff, as
+a pycaffe ``solver.step`` does. Rounds alternate between the two so that drift in machine load hits
 both, and the ratio of the medians is printed.
 
     python bench/lenet_step.py [--rounds 10] [--steps 50] [--threads N]
@@ -74,10 +75,13 @@ class TorchLeNet(torch.nn.Module):
         return self.ip2(x)
 
 
-def brewnet_stepper(data: torch.Tensor, label: torch.Tensor):
+def brewnet_stepper(data: torch.Tensor, label: torch.Tensor, blob_diffs: bool = False):
+    """Return a brewnet step; ``blob_diffs`` keeps pycaffe's blob diffs, which
+    ``brewnet train`` skips."""
     param = text_format.Parse(SOLVER, caffe_pb2.SolverParameter())
     param.net_param.CopyFrom(text_format.Parse(NET, caffe_pb2.NetParameter()))
     solver = get_solver(param)
+    solver.net.fill_blob_diffs = blob_diffs
     solver.net.blobs["data"].data[...] = data.numpy()
     solver.net.blobs["label"].data[...] = label.numpy()
     return lambda: solver.step(1)
@@ -121,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     brewnet.set_random_seed(1)
     data = torch.rand(BATCH, 1, 28, 28)
     label = torch.randint(0, 10, (BATCH,)).float()
-    steppers = {"brewnet": brewnet_stepper(data, label), "pytorch": torch_stepper(data, label)}
+    steppers = {
+        "brewnet": brewnet_stepper(data, label),
+        "pycaffe": brewnet_stepper(data, label, blob_diffs=True),
+        "pytorch": torch_stepper(data, label),
+    }
     for step in steppers.values():
         time_steps(step, 10)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in steppers}
@@ -132,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in medians.items():
         sys.stdout.write(f"{name:8s} {value * 1e3:8.3f} ms/step (median of {args.rounds})\n")
     sys.stdout.write(f"ratio brewnet/pytorch: {medians['brewnet'] / medians['pytorch']:.3f}\n")
+    sys.stdout.write(
+        f"ratio with blob diffs (pycaffe solver.step)/pytorch: "
+        f"{medians['pycaffe'] / medians['pytorch']:.3f}\n"
+    )
     sys.stdout.write(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     return 0
 

@@ -222,6 +222,8 @@ def run_train(args: argparse.Namespace) -> int:
         param.max_iter = args.iterations
 
     solver = solvers.get_solver(param, source=solver_path)
+    # Nothing reads the blob diffs of a command-line run, so skip storing them.
+    solver.net.fill_blob_diffs = False
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         solver.set_action_function(actions.requested_action)
         _attach_progress(solver)

@@ -154,6 +154,8 @@ class Net(PycaffeNet):
         self._finish_param_grads()
         self._load_inline_blobs()
         self.loss: float | None = None
+        # Whether forward_backward also fills blob diffs (pycaffe reads them).
+        self.fill_blob_diffs = True
         for name in self.outputs:
             logger.info("This network produces output %s", name)
 
@@ -555,12 +557,24 @@ class Net(PycaffeNet):
     def forward_backward(self) -> float:
         """Run one forward and one backward pass for training and return the loss.
 
-        Parameter gradients accumulate into their ``.grad``; blob diffs are not filled,
-        which saves the work that only pycaffe-style inspection needs.
+        Parameter gradients accumulate into their ``.grad``. Blob diffs are filled
+        too, as after Caffe's Backward, unless :attr:`fill_blob_diffs` is False (the
+        command line turns it off, because only pycaffe-style inspection reads them).
         """
         loss = self._run_forward(0, len(self._steps) - 1)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
-            loss.backward()
+            if self.fill_blob_diffs:
+                targets = self._blob_grad_targets(self._steps)
+                for _, tensor in targets:
+                    if not tensor.is_leaf:
+                        tensor.retain_grad()
+                    elif tensor.grad is not None:
+                        tensor.grad = None
+                loss.backward()
+                for blob, tensor in targets:
+                    blob.grad = tensor.grad
+            else:
+                loss.backward()
         value = _scalar(loss)
         self.loss = value
         return value

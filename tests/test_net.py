@@ -668,3 +668,24 @@ def test_backward_after_training_step_needs_a_forward(tmp_path):
     net.forward(start="loss")
     with pytest.raises(RuntimeError, match="run net.forward\\(\\) before net.backward\\(\\)"):
         net.backward()
+
+
+def test_forward_backward_fills_blob_diffs(tmp_path):
+    net = build(tmp_path, "force_backward: true\n" + LINEAR)
+    feed(net, x=X, t=T)
+    net.forward_backward()
+    np.testing.assert_allclose(net.blobs["h"].diff, [[0.25], [0.5]], rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff, [[0.125, 0.125], [0.25, 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["loss"].diff, 1.0)
+    # A second pass overwrites the blob diffs, as Caffe's Backward does.
+    net.forward_backward()
+    np.testing.assert_allclose(net.blobs["h"].diff, [[0.25], [0.5]], rtol=1e-6)
+
+
+def test_forward_backward_can_skip_blob_diffs(tmp_path):
+    net = build(tmp_path, LINEAR)
+    net.fill_blob_diffs = False
+    feed(net, x=X, t=T)
+    net.forward_backward()
+    np.testing.assert_array_equal(net.blobs["h"].diff, [[0.0], [0.0]])
+    np.testing.assert_allclose(net.params["ip"][0].diff, [[1.75, 0.0]], rtol=1e-6)
