@@ -170,3 +170,11 @@ def test_solver_mode_gpu_falls_back_to_cpu(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "solver_mode: GPU, but PyTorch sees no CUDA device; training on the CPU" in result.stderr
     assert "Use CPU." in result.stderr
+
+
+def test_missing_net_file_names_the_solver(tmp_path):
+    (tmp_path / "solver.prototxt").write_text('net: "nope.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\n')
+    result = run(tmp_path, "train", "-solver", "solver.prototxt")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("brewnet train: error: solver.prototxt: net file not found: nope.prototxt")

@@ -25,7 +25,8 @@ LEVELDB_MESSAGE = (
     "LEVELDB databases are not supported; convert the database to LMDB (read each "
     "key and value with a LevelDB reader such as the plyvel package, write them "
     "with brewnet.data.db.LMDBWriter, or rebuild it with Caffe's convert_imageset "
-    "--backend=lmdb) and set 'backend: LMDB' in data_param"
+    "--backend=lmdb) and set 'backend: LMDB' in data_param; a V0 net has no "
+    "backend field, so run 'brewnet upgrade' on it first"
 )
 
 # Number of records per write transaction, as Caffe's convert tools commit.

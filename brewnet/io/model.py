@@ -408,6 +408,7 @@ def copy_trained_layers(net: Net, path: str | os.PathLike) -> None:
         return
     index = scan_caffemodel(path)
     if index.legacy_format is not None:
+        logger.info("Reading %s layers of the legacy model %s", index.legacy_format, path)
         warnings.warn(
             f"{path}: the model uses the {index.legacy_format} layer format; run "
             f"'brewnet upgrade {path} NEW_FILE' to convert it",

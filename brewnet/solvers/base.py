@@ -228,7 +228,13 @@ class Solver:
             net_param.CopyFrom(definition)
             own_state = net_param.state
         else:
-            own_state = read_text(definition, caffe_pb2.NetParameter()).state
+            try:
+                own_state = read_text(definition, caffe_pb2.NetParameter()).state
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{self.source}: net file not found: {definition} (relative paths "
+                    f"start at the working directory, {os.getcwd()})"
+                ) from None
         phase = default_phase
         if own_state.HasField("phase"):
             phase = own_state.phase
