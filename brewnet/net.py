@@ -426,13 +426,13 @@ class Net(PycaffeNet):
                     needed.add(id(tensor))
         for learnable in self.learnable_params:
             learnable.tensor.requires_grad_(id(learnable.tensor) in needed)
-        self._input_leaves: list[Blob] = []
         consumers_needing: set[str] = set()
         for step in self._steps:
             for blob, need in zip(step.bottoms, step.bottom_need_backward):
                 if need:
                     consumers_needing.add(blob.name)
-        self._input_leaves = [
+        # Input blobs that some layer backpropagates to: fresh leaves every forward.
+        self._input_leaves: list[Blob] = [
             self.blobs[name] for name in self.inputs if name in consumers_needing
         ]
 
@@ -540,8 +540,6 @@ class Net(PycaffeNet):
         start_index = self._layer_index(start, 0)
         end_index = self._layer_index(end, len(self._steps) - 1)
         loss = self._run_forward(start_index, end_index)
-        self._last_range = (start_index, end_index)
-        self._loss_tensor = loss
         self.loss = _scalar(loss)
         self._reset_output_diffs()
         names = list(self.outputs) if end is None else list(self.top_names[self._steps[end_index].layer.name])
