@@ -781,3 +781,14 @@ def test_mean_file_errors(tmp_path):
         read_mean_file(tmp_path / "absent.binaryproto")
     with pytest.raises(ValueError, match=r"needs 2 \(H, W\), 3 \(C, H, W\) or 4"):
         write_mean_file(tmp_path / "bad.binaryproto", np.ones(5))
+
+
+def test_mean_file_given_as_weights_gets_a_hint(tmp_path):
+    mean = tmp_path / "mean.binaryproto"
+    write_mean_file(str(mean), np.ones((1, 3, 2, 2), dtype=np.float32))
+    net = small_net(tmp_path)
+    with pytest.raises(ModelFileError) as caught:
+        net.copy_from(str(mean))
+    message = str(caught.value)
+    assert str(mean) in message
+    assert "it reads as a BlobProto (a mean file" in message

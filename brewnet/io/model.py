@@ -223,9 +223,25 @@ def _scan_error(path: str, size: int, buffer, error: WireError) -> ModelFileErro
             "; it looks like a text file (a prototxt?), but weights must be a binary "
             "model such as a .caffemodel"
         )
+    elif _looks_like_blob_proto(buffer):
+        hint = (
+            "; it reads as a BlobProto (a mean file such as mean.binaryproto?), which "
+            "belongs in transform_param.mean_file, not in the weights"
+        )
     return ModelFileError(
         f"{path}: not a binary NetParameter (.caffemodel): {error}{hint}"
     )
+
+
+def _looks_like_blob_proto(buffer) -> bool:
+    """Return whether the bytes parse as a BlobProto with a shape and data."""
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(bytes(buffer))
+    except message.DecodeError:
+        return False
+    has_shape = blob.HasField("shape") or blob.HasField("num")
+    return has_shape and (len(blob.data) > 0 or len(blob.double_data) > 0)
 
 
 def _looks_like_text(head: bytes) -> bool:
