@@ -20,7 +20,7 @@ def shape_string(shape: Sequence[int]) -> str:
 
 
 def reshape_arguments(name: str, shape: tuple) -> Shape:
-    """Return the shape that ``reshape(*shape)`` or ``reshape(shape)`` asks for.
+    """Return the shape that ``reshape(*shape)`` or ``reshape(shape)`` requests.
 
     Raises:
         ValueError: a dimension is negative.
