@@ -689,3 +689,22 @@ def test_forward_backward_can_skip_blob_diffs(tmp_path):
     net.forward_backward()
     np.testing.assert_array_equal(net.blobs["h"].diff, [[0.0], [0.0]])
     np.testing.assert_allclose(net.params["ip"][0].diff, [[1.75, 0.0]], rtol=1e-6)
+
+
+def test_written_text_uses_caffes_float_form(tmp_path):
+    from brewnet.io.prototxt import read_text, write_text
+    from brewnet.proto import caffe_pb2
+
+    param = caffe_pb2.NetParameter()
+    layer = param.layer.add(name="ip", type="InnerProduct")
+    layer.param.add(lr_mult=1, decay_mult=0.5)
+    layer.inner_product_param.num_output = 10
+    layer.inner_product_param.weight_filler.std = 1e-05
+    path = tmp_path / "out.prototxt"
+    write_text(path, param)
+    text = path.read_text()
+    assert "lr_mult: 1\n" in text
+    assert "decay_mult: 0.5\n" in text
+    assert "num_output: 10\n" in text
+    assert "std: 1e-05\n" in text
+    assert read_text(path, caffe_pb2.NetParameter()) == param

@@ -53,9 +53,19 @@ def read_text(path: str | os.PathLike, proto: MessageT) -> MessageT:
     return parse_text(text, proto, source=path)
 
 
+# A whole-number float field as Python's text format prints it ("lr_mult: 1.0").
+_WHOLE_FLOAT_LINE = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
+
+
+def format_text(proto: message.Message) -> str:
+    """Return ``proto`` as protobuf text, with whole-number floats written as
+    Caffe's C++ writer does ("lr_mult: 1", not "lr_mult: 1.0")."""
+    return _WHOLE_FLOAT_LINE.sub(r"\1", text_format.MessageToString(proto))
+
+
 def write_text(path: str | os.PathLike, proto: message.Message) -> None:
     """Write ``proto`` as protobuf text to ``path``, atomically."""
-    write_bytes(path, text_format.MessageToString(proto).encode("utf-8"))
+    write_bytes(path, format_text(proto).encode("utf-8"))
 
 
 def read_binary(path: str | os.PathLike, proto: MessageT) -> MessageT:
