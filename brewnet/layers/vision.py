@@ -242,6 +242,22 @@ def _with_spatial_axis(
     return x.unsqueeze(-1), weight.unsqueeze(-1), unit_geometry
 
 
+def _apply_over_batch(function, x, weight, geometry, axis):
+    """Run ``function(x, weight, geometry)`` on ``x`` flattened to one batch axis.
+
+    A bottom without spatial axes gets a spatial axis of size 1 for the call (a
+    1 x 1 convolution), removed again from the result.
+    """
+    batch_shape, x = _flatten_batch(x, axis)
+    no_spatial_axis = geometry.num_spatial_axes == 0
+    if no_spatial_axis:
+        x, weight, geometry = _with_spatial_axis(x, weight)
+    y = function(x, weight, geometry)
+    if no_spatial_axis:
+        y = y.squeeze(-1)
+    return _unflatten_batch(batch_shape, y)
+
+
 def convolution(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -264,20 +280,16 @@ def convolution(
         ``(batch axes..., num_output, output spatial...)``, with the output size of
         :func:`conv_output_shape`.
     """
-    batch_shape, x = _flatten_batch(x, axis)
-    no_spatial_axis = geometry.num_spatial_axes == 0
-    if no_spatial_axis:
-        x, weight, geometry = _with_spatial_axis(x, weight)
-    output_shape = conv_output_shape(x.shape[2:], geometry)
-    x, padding = _pad_for_windows(x, geometry, output_shape)
-    conv = _CONV[geometry.num_spatial_axes]
-    y = conv(
-        x, weight, bias, stride=geometry.stride, padding=padding,
-        dilation=geometry.dilation, groups=group,
-    )
-    if no_spatial_axis:
-        y = y.squeeze(-1)
-    return _unflatten_batch(batch_shape, y)
+
+    def convolve(x, weight, geometry):
+        output_shape = conv_output_shape(x.shape[2:], geometry)
+        x, padding = _pad_for_windows(x, geometry, output_shape)
+        return _CONV[geometry.num_spatial_axes](
+            x, weight, bias, stride=geometry.stride, padding=padding,
+            dilation=geometry.dilation, groups=group,
+        )
+
+    return _apply_over_batch(convolve, x, weight, geometry, axis)
 
 
 def deconvolution(
@@ -299,19 +311,15 @@ def deconvolution(
         ``(batch axes..., num_output, output spatial...)``, with the output size of
         :func:`deconv_output_shape`.
     """
-    batch_shape, x = _flatten_batch(x, axis)
-    no_spatial_axis = geometry.num_spatial_axes == 0
-    if no_spatial_axis:
-        x, weight, geometry = _with_spatial_axis(x, weight)
-    deconv_output_shape(x.shape[2:], geometry)
-    conv_transpose = _CONV_TRANSPOSE[geometry.num_spatial_axes]
-    y = conv_transpose(
-        x, weight, bias, stride=geometry.stride, padding=geometry.pad,
-        groups=group, dilation=geometry.dilation,
-    )
-    if no_spatial_axis:
-        y = y.squeeze(-1)
-    return _unflatten_batch(batch_shape, y)
+
+    def transpose_convolve(x, weight, geometry):
+        deconv_output_shape(x.shape[2:], geometry)  # raises if the pad removes the output
+        return _CONV_TRANSPOSE[geometry.num_spatial_axes](
+            x, weight, bias, stride=geometry.stride, padding=geometry.pad,
+            groups=group, dilation=geometry.dilation,
+        )
+
+    return _apply_over_batch(transpose_convolve, x, weight, geometry, axis)
 
 
 def im2col(x: torch.Tensor, geometry: ConvGeometry, axis: int = 1) -> torch.Tensor:
