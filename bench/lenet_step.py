@@ -2,10 +2,10 @@
 
 A step is forward, backward and the SGD update (momentum 0.9, weight decay 5e-4,
 lr_mult 2 on biases) on a batch of 64 1x28x28 images. Both sides run the same
-arithmetic on the same device; brewnet's step goes through ``Solver.step(1)`` as
-``brewnet train`` runs it, and a second brewnet row also keeps every blob's diff, as
-a pycaffe ``solver.step`` does. Rounds alternate between the two so that drift in machine load hits
-both, and the ratio of the medians is printed.
+arithmetic on the same device. brewnet's step goes through ``Solver.step(1)`` as
+``brewnet train`` runs it. A second brewnet row ("pycaffe") also keeps every blob's
+diff, as a pycaffe ``solver.step`` does. Rounds alternate between the sides, so that
+drift in machine load hits all of them, and the ratios of the medians are printed.
 
     python bench/lenet_step.py [--rounds 10] [--steps 50] [--threads N]
 """
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     brewnet.set_random_seed(1)
@@ -130,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         "pycaffe": brewnet_stepper(data, label, blob_diffs=True),
         "pytorch": torch_stepper(data, label),
     }
+
     for step in steppers.values():
         time_steps(step, 10)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(args.rounds):
         for name, step in steppers.items():
             times[name].append(time_steps(step, args.steps))
+
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         sys.stdout.write(f"{name:8s} {value * 1e3:8.3f} ms/step (median of {args.rounds})\n")

@@ -1,8 +1,8 @@
 """Exception types for user errors.
 
 Every error that bad input can cause (a malformed prototxt, a layer with invalid
-parameters, a missing file) derives from :class:`BrewnetError`, so the command line
-can print its message on one line and exit with status 1 instead of a traceback.
+parameters, a missing file) derives from :class:`BrewnetError`. The command line
+therefore prints its message on one line and exits with status 1, with no traceback.
 Each concrete type also derives from the built-in exception that fits the cause.
 """
 
@@ -34,7 +34,7 @@ class SolverError(BrewnetError, ValueError):
 
 
 class DataError(BrewnetError, RuntimeError):
-    """A database or data file is missing, unreadable or holds the wrong records."""
+    """A database or data file is missing, unreadable or contains the wrong records."""
 
 
 class ModelFileError(BrewnetError, ValueError):

@@ -19,7 +19,7 @@ def set_mode_gpu() -> None:
     """Build new nets on the GPU chosen by :func:`set_device`.
 
     Raises:
-        DeviceError: this PyTorch build sees no CUDA device.
+        DeviceError: this PyTorch build finds no CUDA device.
     """
     from brewnet.errors import DeviceError
 

@@ -671,6 +671,7 @@ class Net(PycaffeNet):
                     terms.append((output * top.grad.detach()).sum())
                 elif output.requires_grad:
                     terms.append(step.loss_weights[index] * output.sum())
+
         # The first layer of the range starts from its tops' diffs, as Caffe's
         # Backward does: values the caller wrote, or left by an earlier backward.
         last = self._steps[start_index]
@@ -683,13 +684,11 @@ class Net(PycaffeNet):
                 continue
             if bool(seed.any()):
                 terms.append((output * seed).sum())
-        terms = [t for t in terms if t.requires_grad]
+
+        terms = [term for term in terms if term.requires_grad]
         if not terms:
             return None
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
+        return sum(terms[1:], terms[0])
 
     def _blob_grad_targets(self, steps: list[_Step]) -> list[tuple[Blob, torch.Tensor]]:
         """Return (blob, tensor) pairs whose gradient becomes the blob's diff.

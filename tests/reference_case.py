@@ -1,6 +1,6 @@
 """The procedure that checks brewnet against values computed by the original Caffe.
 
-Each case folder under ``tests/caffe_reference`` holds a net, its inputs and
+Each case folder under ``tests/caffe_reference`` contains a net, its inputs and
 parameters, and what Caffe computed for them (see the README there).
 """
 

@@ -484,7 +484,8 @@ def test_sigmoid_ce_count_mismatch():
         make_net(text)
     message = str(error.value)
     assert "layer 'sce' (type SigmoidCrossEntropyLoss)" in message
-    assert "2 3 (6)" in message and "2 2 (4)" in message
+    assert "2 3 (6)" in message
+    assert "2 2 (4)" in message
     assert "one target per score" in message
 
 
@@ -546,7 +547,7 @@ def test_hinge_weight_zero_changes_no_gradient():
     np.testing.assert_array_equal(both.blobs["x"].diff, alone.blobs["x"].diff)
     assert both.loss == alone.loss
     assert float(both.blobs["hinge"].data) == pytest.approx(5.795, rel=1e-6)
-    # The same holds with the hinge layer first.
+    # The same is true with the hinge layer first.
     soft_layer = base.index('layer { name: "soft"')
     hinge_first = base[:soft_layer] + hinge + base[soft_layer:]
     first = run_net(make_net(hinge_first), x=CASE_F_X, y=CASE_F_Y)
@@ -675,7 +676,8 @@ def test_infogain_rejects_normalize():
         infogain_net("loss_param { normalize: true }")
     message = str(error.value)
     assert "layer 'info' (type InfogainLoss)" in message
-    assert "loss_param.normalize" in message and "normalization" in message
+    assert "loss_param.normalize" in message
+    assert "normalization" in message
 
 
 def test_infogain_missing_source():
@@ -696,7 +698,8 @@ def test_infogain_matrix_size_mismatch(tmp_path):
         infogain_net(source=path, h_bottom=False)
     message = str(error.value)
     assert "layer 'info' (type InfogainLoss)" in message
-    assert "2 2 (4)" in message and "3 x 3 = 9 values" in message
+    assert "2 2 (4)" in message
+    assert "3 x 3 = 9 values" in message
 
 
 def test_infogain_label_out_of_range():
@@ -818,7 +821,8 @@ def test_contrastive_shape_mismatch():
         make_net(text)
     message = str(error.value)
     assert "layer 'con' (type ContrastiveLoss)" in message
-    assert "2 2 (4)" in message and "2 3 (6)" in message
+    assert "2 2 (4)" in message
+    assert "2 3 (6)" in message
     assert "(N, C) or (N, C, 1, 1)" in message
 
 

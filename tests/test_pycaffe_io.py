@@ -255,7 +255,7 @@ def test_blobproto_double_data():
 def test_blobproto_count_mismatch():
     blob = caffe_pb2.BlobProto(data=[1, 2, 3])
     blob.shape.dim.extend([2, 2])
-    with pytest.raises(ValueError, match=r"holds 3 data values but its shape \(2, 2\) needs 4"):
+    with pytest.raises(ValueError, match=r"contains 3 data values but its shape \(2, 2\) needs 4"):
         caffe.io.blobproto_to_array(blob)
 
 

@@ -97,7 +97,7 @@ class Phase(caffe.Layer):
 
 
 class Counter(caffe.Layer):
-    """A data layer: top (2, 1) holds [k, k + 1] on the k-th forward (from 0)."""
+    """A data layer: top (2, 1) contains [k, k + 1] on the k-th forward (from 0)."""
 
     def setup(self, bottom, top):
         self.k = 0

@@ -42,7 +42,7 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
         shape = tuple(blob.shape.dim)
     if array.size != int(np.prod(shape, dtype=np.int64)):
         raise ValueError(
-            f"BlobProto holds {array.size} {'diff' if return_diff else 'data'} values "
+            f"BlobProto contains {array.size} {'diff' if return_diff else 'data'} values "
             f"but its shape {shape} needs {int(np.prod(shape, dtype=np.int64))}"
         )
     return array.reshape(shape)
